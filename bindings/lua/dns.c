@@ -1,0 +1,162 @@
+/*
+ * DNS (getaddrinfo / getnameinfo in the loop's thread pool) and socket
+ * addresses as Lua values: "host", port for IP, the path for Unix sockets.
+ */
+#include "gfl_lua.h"
+
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+int gfl_lua_push_sockaddr(lua_State *L, const void *addr, size_t len)
+{
+    const struct sockaddr *sa = addr;
+    if (len >= sizeof(sa_family_t) && sa->sa_family == AF_UNIX) {
+        const struct sockaddr_un *un = addr;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        size_t n = len > off ? len - off : 0;
+        if (n > 0 && un->sun_path[0] != '\0')
+            n = strnlen(un->sun_path, n);
+        lua_pushlstring(L, un->sun_path, n);
+        return 1;
+    }
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo(sa, (socklen_t)len, host, sizeof host, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        return 0;
+    lua_pushstring(L, host);
+    lua_pushinteger(L, (lua_Integer)atoi(serv));
+    return 2;
+}
+
+/* internal: getaddrinfo(host, port, family, socktype, protocol, flags) -> future */
+static int l_getaddrinfo(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    const char *host = luaL_optstring(L, 1, NULL);
+    const char *port = NULL;
+    if (!lua_isnoneornil(L, 2)) {
+        lua_pushvalue(L, 2);
+        port = lua_tostring(L, -1);
+        lua_replace(L, 2);
+    }
+    gfl_future *f = GFL->getaddrinfo(rt->loop, host, port, (int)luaL_optinteger(L, 3, 0),
+                                     (int)luaL_optinteger(L, 4, 0), (int)luaL_optinteger(L, 5, 0),
+                                     (int)luaL_optinteger(L, 6, 0));
+    if (!f)
+        return luaL_error(L, "getaddrinfo: bad arguments or the loop is closed");
+    gfl_lua_future_push(L, rt, f);
+    GFL->future_unref(f);
+    return 1;
+}
+
+/* internal: addrinfo_result(future) -> list, or nil, msg, code */
+static int l_addrinfo_result(lua_State *L)
+{
+    gfl_future *f = gfl_lua_to_future(L, 1);
+    if (!f)
+        return luaL_argerror(L, 1, "future expected");
+    gfl_value *v = GFL->future_value(f);
+    void *obj;
+    if (GFL->future_state_of(f) != GFL_FUTURE_RESULT || GFL->value_get_object(v, GFL->addrinfo_class(), &obj) < 0)
+        return gfl_lua_push_failure_value(L, v);
+    const gfl_addrinfo *ai = obj;
+    int n = GFL->addrinfo_count(ai);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        size_t len = 0;
+        const void *addr = GFL->addrinfo_addr(ai, i, &len);
+        lua_createtable(L, 0, 6);
+        lua_pushinteger(L, GFL->addrinfo_family(ai, i));
+        lua_setfield(L, -2, "family");
+        lua_pushinteger(L, GFL->addrinfo_socktype(ai, i));
+        lua_setfield(L, -2, "socktype");
+        lua_pushinteger(L, GFL->addrinfo_protocol(ai, i));
+        lua_setfield(L, -2, "protocol");
+        int k = addr ? gfl_lua_push_sockaddr(L, addr, len) : 0;
+        if (k == 2)
+            lua_setfield(L, -3, "port");
+        if (k >= 1)
+            lua_setfield(L, -2, "addr");
+        if (i == 0 && GFL->addrinfo_canonname(ai)) {
+            lua_pushstring(L, GFL->addrinfo_canonname(ai));
+            lua_setfield(L, -2, "canonname");
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* internal: getnameinfo(host, port, flags) -> future */
+static int l_getnameinfo(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    const char *host = luaL_checkstring(L, 1);
+    lua_Integer port = luaL_checkinteger(L, 2);
+    char serv[16];
+    snprintf(serv, sizeof serv, "%d", (int)port);
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    if (getaddrinfo(host, serv, &hints, &res) != 0 || !res)
+        return luaL_argerror(L, 1, "a numeric address expected");
+    gfl_future *f = GFL->getnameinfo(rt->loop, res->ai_addr, res->ai_addrlen, (int)luaL_optinteger(L, 3, 0));
+    freeaddrinfo(res);
+    if (!f)
+        return luaL_error(L, "getnameinfo: the loop is closed");
+    gfl_lua_future_push(L, rt, f);
+    GFL->future_unref(f);
+    return 1;
+}
+
+/* internal: nameinfo_result(future) -> host, service or nil, msg, code */
+static int l_nameinfo_result(lua_State *L)
+{
+    gfl_future *f = gfl_lua_to_future(L, 1);
+    if (!f)
+        return luaL_argerror(L, 1, "future expected");
+    gfl_value *v = GFL->future_value(f);
+    void *obj;
+    if (GFL->future_state_of(f) != GFL_FUTURE_RESULT || GFL->value_get_object(v, GFL->nameinfo_class(), &obj) < 0)
+        return gfl_lua_push_failure_value(L, v);
+    lua_pushstring(L, GFL->nameinfo_host(obj));
+    lua_pushstring(L, GFL->nameinfo_service(obj));
+    return 2;
+}
+
+static const luaL_Reg functions[] = {
+    {"getaddrinfo", l_getaddrinfo},
+    {"addrinfo_result", l_addrinfo_result},
+    {"getnameinfo", l_getnameinfo},
+    {"nameinfo_result", l_nameinfo_result},
+    {NULL, NULL},
+};
+
+void gfl_lua_open_dns(lua_State *L, int internal)
+{
+    gfl_lua_register(L, internal, functions);
+    lua_newtable(L);
+    lua_pushinteger(L, AF_UNSPEC);
+    lua_setfield(L, -2, "AF_UNSPEC");
+    lua_pushinteger(L, AF_INET);
+    lua_setfield(L, -2, "AF_INET");
+    lua_pushinteger(L, AF_INET6);
+    lua_setfield(L, -2, "AF_INET6");
+    lua_pushinteger(L, AF_UNIX);
+    lua_setfield(L, -2, "AF_UNIX");
+    lua_pushinteger(L, SOCK_STREAM);
+    lua_setfield(L, -2, "SOCK_STREAM");
+    lua_pushinteger(L, SOCK_DGRAM);
+    lua_setfield(L, -2, "SOCK_DGRAM");
+    lua_pushinteger(L, AI_PASSIVE);
+    lua_setfield(L, -2, "AI_PASSIVE");
+    lua_pushinteger(L, AI_CANONNAME);
+    lua_setfield(L, -2, "AI_CANONNAME");
+    lua_pushinteger(L, NI_NUMERICHOST);
+    lua_setfield(L, -2, "NI_NUMERICHOST");
+    lua_pushinteger(L, NI_NUMERICSERV);
+    lua_setfield(L, -2, "NI_NUMERICSERV");
+    lua_setfield(L, internal, "constants");
+}

@@ -1,0 +1,129 @@
+/*
+ * Internal declarations shared by the Lua binding's C files.
+ *
+ * The binding reaches the core only through the gfl_api table (GFL below),
+ * never by symbol and never through core/ headers.
+ *
+ * Ownership model (why nothing dangles when either side goes first):
+ *  - gfl_lua_rt is the per-lua_State runtime. It is reference counted by the
+ *    Lua state (dropped when the state closes) and by every C object that
+ *    outlives a call (callbacks, streams, tasks). rt->L is NULL once the
+ *    state closed: C callbacks that fire later then only free memory.
+ *  - rt holds a loop reference, so a loop freed by its host is merely
+ *    closed for us (every call answers GFL_ECLOSED).
+ */
+#ifndef GFL_LUA_INTERNAL_H
+#define GFL_LUA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <globeflower.h>
+
+#include "compat.h"
+
+/* The one core table, chosen when the first state opens the module. */
+extern const gfl_api *GFL;
+
+typedef struct gfl_lua_rt gfl_lua_rt;
+
+struct gfl_lua_rt {
+    lua_State *L;   /* the main thread; NULL once the state is closed */
+    gfl_loop *loop; /* one reference */
+    int owns_loop;  /* we created it: closed with the state */
+    int refs;       /* atomic */
+    int ref_traceback;  /* debug.traceback */
+    int ref_errmap;     /* [lightuserdata gfl_value*] = Lua error object */
+    int ref_error_new;  /* prelude: (type, message, code, traceback) -> Error */
+    int ref_error_info; /* prelude: err -> code, type, message */
+    int ref_handler;    /* a Lua exception handler, or LUA_NOREF */
+    int ref_internal;   /* the table of internals shared with the prelude */
+    struct gfl_lua_task *current; /* the task whose step is running */
+    struct gfl_lua_dead *dead;    /* Lua objects released off the loop thread */
+};
+
+/* A registry reference to free on the loop thread. */
+struct gfl_lua_dead {
+    struct gfl_lua_dead *next;
+    int ref;
+};
+
+gfl_lua_rt *gfl_lua_rt_get(lua_State *L);
+void gfl_lua_rt_ref(gfl_lua_rt *rt);
+void gfl_lua_rt_unref(gfl_lua_rt *rt);
+/* Frees Lua objects whose gfl values died in another thread. */
+void gfl_lua_rt_collect(gfl_lua_rt *rt);
+
+/* Raises a Lua error for a negative GFL code from `what`. */
+int gfl_lua_fail(lua_State *L, const char *what, int code);
+/* Pushes nil, message, code (the I/O failure convention); returns 3. */
+int gfl_lua_push_failure(lua_State *L, int code, const char *message);
+/* The same from an error value (NULL: "closed"). */
+int gfl_lua_push_failure_value(lua_State *L, const gfl_value *error);
+
+/* ---- values (value.c) ---- */
+
+/* The Lua host class: packed Lua values {n = k, ...} held in the registry. */
+extern const gfl_host_class gfl_lua_class;
+/* Lua values [first, first + n) -> a new gfl value (scalars stay scalars;
+ * anything else is a Lua object only this binding unwraps). */
+gfl_value *gfl_lua_pack(lua_State *L, int first, int n);
+/* Pushes what `v` holds; returns the number of values pushed. */
+int gfl_lua_unpack(lua_State *L, gfl_value *v);
+/* Pushes the Lua error object of an error value: the original object when
+ * Lua raised it, else a globeflower Error table. */
+void gfl_lua_push_error(lua_State *L, gfl_value *error);
+/* The error object at `idx` -> a new error value with `traceback` (may be
+ * NULL); remembers the object so gfl_lua_push_error gives it back. *held
+ * receives a reference to keep while the mapping is wanted. */
+gfl_value *gfl_lua_error_value(lua_State *L, int idx, const char *traceback);
+void gfl_lua_errmap_set(lua_State *L, gfl_value *error, int idx);
+void gfl_lua_errmap_clear(lua_State *L, gfl_value *error);
+/* Reports a Lua error (at the top of L's stack, popped) raised by a
+ * callback to the loop's exception handler. */
+void gfl_lua_report(gfl_lua_rt *rt, lua_State *L, const char *message);
+/* Calls the function below `nargs` arguments on L's top in protected mode
+ * with a traceback; an error goes to the loop's exception handler. */
+int gfl_lua_call(gfl_lua_rt *rt, lua_State *L, int nargs, int nresults, const char *what);
+
+/* ---- futures and tasks (future.c, task.c) ---- */
+
+#define GFL_LUA_FUTURE "globeflower.Future"
+
+typedef struct gfl_lua_future {
+    gfl_future *f;   /* one reference (a task's: the task's future) */
+    gfl_task *task;  /* one reference when this is a task */
+    gfl_value *err;  /* an error registered in the errmap, released at __gc */
+    struct gfl_lua_donecb *cbs; /* done callbacks still registered */
+} gfl_lua_future;
+
+gfl_lua_future *gfl_lua_future_push(lua_State *L, gfl_lua_rt *rt, gfl_future *f);
+gfl_lua_future *gfl_lua_future_check(lua_State *L, int idx);
+/* The gfl_future behind a future/task object or light userdata; NULL. */
+gfl_future *gfl_lua_to_future(lua_State *L, int idx);
+int gfl_lua_spawn(lua_State *L); /* gfl.spawn(fn, ...) */
+
+void gfl_lua_open_value(lua_State *L);
+void gfl_lua_open_future(lua_State *L, int internal);
+void gfl_lua_open_task(lua_State *L, int internal);
+void gfl_lua_open_callbacks(lua_State *L, int internal);
+void gfl_lua_open_stream(lua_State *L, int internal);
+void gfl_lua_open_server(lua_State *L, int internal);
+void gfl_lua_open_protocol(lua_State *L, int internal);
+void gfl_lua_open_dns(lua_State *L, int internal);
+void gfl_lua_open_datagram(lua_State *L, int internal);
+void gfl_lua_open_process(lua_State *L, int internal);
+
+/* Sets the functions of `l` into the table at `idx`. */
+void gfl_lua_register(lua_State *L, int idx, const luaL_Reg *l);
+/* A metatable named `name` with `methods` as __index (and __gc, if given). */
+void gfl_lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
+
+/* Addresses as Lua sees them: "host", port. Returns values pushed. */
+int gfl_lua_push_sockaddr(lua_State *L, const void *addr, size_t len);
+/* Options table field helpers (idx may be 0 for "no table"). */
+const char *gfl_lua_opt_string(lua_State *L, int idx, const char *key, const char *def);
+double gfl_lua_opt_number(lua_State *L, int idx, const char *key, double def);
+int gfl_lua_opt_bool(lua_State *L, int idx, const char *key, int def);
+
+#endif

@@ -1,0 +1,412 @@
+-- globeflower: errors, awaiting, tasks, running, gather / wait_for /
+-- timeout, and a coroutine-safe pcall. Loaded by the C module with the
+-- module table and the table of C internals.
+local gfl, C = ...
+
+local yield = coroutine.yield
+local select, type, error, setmetatable, getmetatable, tostring =
+    select, type, error, setmetatable, getmetatable, tostring
+local unpack = table.unpack or unpack
+local Future = C.Future
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+---------------------------------------------------------------------------
+-- Errors: table objects with type, message, code (negative) and, when the
+-- core captured one, traceback. Errors raised by Lua code keep their own
+-- value (string, table...) end to end; these objects are what the core
+-- and the binding raise themselves (CancelledError, TimeoutError, ...).
+
+local Error = {}
+Error.__index = Error
+Error.__tostring = function(e)
+    return tostring(e.type) .. ": " .. tostring(e.message)
+end
+gfl.Error = Error
+
+local EUNKNOWN, ECANCELED, ETIMEDOUT = -4000, -125, -110
+
+local function new_error(etype, message, code, traceback)
+    return setmetatable({
+        type = etype or "Error",
+        message = message or "",
+        code = code or EUNKNOWN,
+        traceback = traceback,
+    }, Error)
+end
+C.error_new = new_error
+
+-- What the core records of a Lua error object: code, type, message.
+function C.error_info(err)
+    if getmetatable(err) == Error then
+        return err.code or EUNKNOWN, err.type, err.message
+    end
+    if type(err) == "table" and type(err.message) == "string" then
+        local code = tonumber(err.code)
+        return (code and code < 0) and code or EUNKNOWN, tostring(err.type or "LuaError"), err.message
+    end
+    return EUNKNOWN, "LuaError", tostring(err)
+end
+
+--- gfl.new_error(type, message [, code]) -> an Error object to raise
+function gfl.new_error(etype, message, code)
+    return new_error(etype, message, code)
+end
+
+--- true when `err` is a cancellation (a CancelledError)
+function gfl.is_cancelled(err)
+    return getmetatable(err) == Error and err.type == "CancelledError"
+end
+
+--- true when `err` is a TimeoutError (gfl.timeout, gfl.wait_for)
+function gfl.is_timeout(err)
+    return getmetatable(err) == Error and err.type == "TimeoutError"
+end
+
+function gfl.CancelledError(message)
+    return new_error("CancelledError", message or "", ECANCELED)
+end
+
+function gfl.TimeoutError(message)
+    return new_error("TimeoutError", message or "timed out", ETIMEDOUT)
+end
+
+local is_cancelled = gfl.is_cancelled
+
+---------------------------------------------------------------------------
+-- Awaiting: yield the future to the task's step; it resumes us with true
+-- (done: read it) or false, err (raise err: a cancellation, or the error
+-- of a future the binding awaits internally).
+
+local function check_task()
+    if not C.in_task() then
+        error("await outside a task: run the code with gfl.run or gfl.spawn", 3)
+    end
+end
+
+function Future:await()
+    if not self:done() then
+        check_task()
+        local ok, err = yield(self)
+        if not ok then
+            error(err, 0)
+        end
+    end
+    return self:result()
+end
+
+-- Waits for a light-userdata waiter; raises only cancellations.
+local function wait(w)
+    local ok, err = yield(w)
+    if not ok and is_cancelled(err) then
+        error(err, 0)
+    end
+    return ok, err
+end
+C.wait = wait
+
+--- gfl.await(f): f:await() for futures and tasks
+function gfl.await(f)
+    return f:await()
+end
+
+--- gfl.sleep(seconds [, ...]) -> ...: suspends the task
+function gfl.sleep(s, ...)
+    s = s or 0
+    check_task()
+    if s <= 0 then
+        local ok, err = yield() -- a bare yield: next iteration
+        if not ok then
+            error(err, 0)
+        end
+        return ...
+    end
+    local f, h = C.sleep_timer(s)
+    local ok, err = yield(f)
+    if not ok then
+        C.cancel_handle(h)
+        error(err, 0)
+    end
+    return ...
+end
+
+gfl.future = C.future
+gfl.is_future = C.is_future
+gfl.wrap_future = C.wrap_future
+gfl.spawn = C.spawn
+gfl.create_task = C.spawn
+gfl.current_task = C.current_task
+gfl.call_soon = C.call_soon
+gfl.call_later = C.call_later
+gfl.call_at = C.call_at
+gfl.add_signal_handler = C.add_signal_handler
+gfl.remove_signal_handler = C.remove_signal_handler
+gfl.signals = C.signals
+for k, v in pairs(C.constants) do
+    gfl[k] = v
+end
+
+---------------------------------------------------------------------------
+-- A coroutine-safe pcall/xpcall. Lua 5.2+ and LuaJIT can yield across
+-- pcall; Lua 5.1 cannot, so there the function runs in a coroutine of its
+-- own whose awaits are forwarded to the task.
+
+local yieldable_pcall = (function()
+    if type(jit) == "table" then
+        return true
+    end
+    return _VERSION ~= "Lua 5.1"
+end)()
+
+local function forward(co, res)
+    while true do
+        if not res[1] then
+            return res
+        end
+        if coroutine.status(co) == "dead" then
+            return res
+        end
+        res = pack(coroutine.resume(co, yield(unpack(res, 2, res.n))))
+    end
+end
+
+if yieldable_pcall then
+    gfl.pcall = pcall
+    gfl.xpcall = function(f, handler, ...)
+        if select("#", ...) == 0 then
+            return xpcall(f, handler)
+        end
+        local args = pack(...)
+        return xpcall(function()
+            return f(unpack(args, 1, args.n))
+        end, handler)
+    end
+else
+    gfl.pcall = function(f, ...)
+        local co = coroutine.create(f)
+        return unpack(forward(co, pack(coroutine.resume(co, ...))))
+    end
+    -- The handler runs after the stack unwound; debug.traceback as the
+    -- handler still gets the failing coroutine's traceback.
+    gfl.xpcall = function(f, handler, ...)
+        local co = coroutine.create(f)
+        local res = forward(co, pack(coroutine.resume(co, ...)))
+        if res[1] then
+            return unpack(res, 1, res.n)
+        end
+        if handler == debug.traceback then
+            return false, debug.traceback(co, res[2])
+        end
+        return false, handler(res[2], co)
+    end
+end
+local gpcall = gfl.pcall
+
+---------------------------------------------------------------------------
+-- Running
+
+--- gfl.run(fn, ...) -> fn's results: runs fn as the main task, driving the
+--- loop until it finishes; raises its error (string errors get the task's
+--- traceback appended).
+function gfl.run(fn, ...)
+    if type(fn) ~= "function" then
+        error("gfl.run: a function expected", 2)
+    end
+    if C.loop_running() or C.in_task() then
+        error("gfl.run: the loop is already running (use gfl.spawn and await)", 2)
+    end
+    local task = C.spawn(fn, ...)
+    while not task:done() do
+        C.run_once(-1)
+    end
+    if task:state() == "result" then
+        return task:result()
+    end
+    local _, err = pcall(task.result, task)
+    if type(err) == "string" then
+        err = task:traceback() or err
+    end
+    error(err, 0)
+end
+
+---------------------------------------------------------------------------
+-- Combinators
+
+local function as_future(f, ...)
+    if type(f) == "function" then
+        return C.spawn(f, ...)
+    end
+    if not C.is_future(f) then
+        error("a future, task or function expected", 3)
+    end
+    return f
+end
+
+--- gfl.gather(f1, f2, ...) -> {r1, r2, ..., n = k}: waits for every future
+--- (functions are spawned as tasks). The first error is raised at once
+--- (the others keep running); cancelling the gather cancels them all.
+--- gfl.gather({return_exceptions = true}, ...) puts errors in the list.
+function gfl.gather(...)
+    local first = ...
+    local opts
+    local futs = {}
+    local n = select("#", ...)
+    local start = 1
+    if type(first) == "table" and not C.is_future(first) then
+        opts, start = first, 2
+    end
+    for i = start, n do
+        futs[#futs + 1] = as_future((select(i, ...)))
+    end
+    local count = #futs
+    local results = { n = count }
+    if count == 0 then
+        return results
+    end
+    local outer = C.future()
+    local left = count
+    local return_exceptions = opts and opts.return_exceptions
+    for i, f in ipairs(futs) do
+        f:add_done_callback(function(done)
+            if outer:done() then
+                return
+            end
+            local ok, r = pcall(done.result, done)
+            if not ok and not return_exceptions then
+                outer:set_error(r)
+                return
+            end
+            results[i] = r
+            left = left - 1
+            if left == 0 then
+                outer:set_result(results)
+            end
+        end)
+    end
+    outer:add_done_callback(function(o)
+        if o:cancelled() then
+            for _, f in ipairs(futs) do
+                f:cancel()
+            end
+        end
+    end)
+    return outer:await()
+end
+
+--- gfl.timeout(seconds, fn, ...) -> fn's results: runs fn(...) in the
+--- current task, cancelling it after `seconds` (nil: no limit); then
+--- raises a TimeoutError (gfl.is_timeout). asyncio.timeout.
+function gfl.timeout(delay, fn, ...)
+    local task = C.current_task()
+    if not task then
+        error("gfl.timeout: must run inside a task", 2)
+    end
+    if delay == nil then
+        return fn(...)
+    end
+    local expired = false
+    local h = C.call_later(delay, function()
+        expired = true
+        task:cancel("timeout")
+    end)
+    local res = pack(gpcall(fn, ...))
+    h:cancel()
+    if res[1] then
+        return unpack(res, 2, res.n)
+    end
+    local err = res[2]
+    if expired and is_cancelled(err) then
+        error(new_error("TimeoutError", "timed out after " .. tostring(delay) .. " s", ETIMEDOUT), 0)
+    end
+    error(err, 0)
+end
+
+--- gfl.wait_for(fut, seconds) -> fut's results, or raises TimeoutError
+--- after cancelling fut (a function is spawned as a task first).
+function gfl.wait_for(fut, delay, ...)
+    fut = as_future(fut, ...)
+    if delay == nil then
+        return fut:await()
+    end
+    if fut:done() then
+        return fut:result()
+    end
+    return gfl.timeout(delay, fut.await, fut)
+end
+
+--- gfl.shield(fut) -> a future that cancelling does not pass on to fut
+function gfl.shield(fut)
+    fut = as_future(fut)
+    local outer = C.future()
+    fut:add_done_callback(function(done)
+        if outer:done() then
+            return
+        end
+        local res = pack(pcall(done.result, done))
+        if res[1] then
+            outer:set_result(unpack(res, 2, res.n))
+        else
+            outer:set_error(res[2])
+        end
+    end)
+    return outer
+end
+
+--- gfl.wait(futs [, {timeout = s, return_when = "ALL_COMPLETED" |
+--- "FIRST_COMPLETED" | "FIRST_EXCEPTION"}]) -> done, pending (lists)
+function gfl.wait(futs, opts)
+    opts = opts or {}
+    local when = opts.return_when or "ALL_COMPLETED"
+    local waiter = C.future()
+    local function check()
+        local done_n, failed = 0, false
+        for _, f in ipairs(futs) do
+            if f:done() then
+                done_n = done_n + 1
+                if not f:cancelled() and f:error() ~= nil then
+                    failed = true
+                end
+            end
+        end
+        if done_n == #futs or (when == "FIRST_COMPLETED" and done_n > 0) or
+            (when == "FIRST_EXCEPTION" and failed) then
+            if not waiter:done() then
+                waiter:set_result(true)
+            end
+        end
+    end
+    for _, f in ipairs(futs) do
+        f:add_done_callback(check)
+    end
+    check()
+    local h
+    if opts.timeout then
+        h = C.call_later(opts.timeout, function()
+            if not waiter:done() then
+                waiter:set_result(false)
+            end
+        end)
+    end
+    local ok, err = gpcall(waiter.await, waiter)
+    if h then
+        h:cancel()
+    end
+    if not ok then
+        error(err, 0)
+    end
+    local done, pending = {}, {}
+    for _, f in ipairs(futs) do
+        if f:done() then
+            done[#done + 1] = f
+        else
+            pending[#pending + 1] = f
+        end
+    end
+    return done, pending
+end
+
+C.pack = pack
+C.new_error = new_error
+C.as_future = as_future

@@ -1,0 +1,245 @@
+/*
+ * Tasks: Lua coroutines driven by the core's gfl_task.
+ *
+ * The step resumes the coroutine from C. Awaiting is a plain
+ * coroutine.yield of a future (an object, or a light userdata naming a
+ * gfl_future the binding owns) from a Lua frame, so it works on every Lua
+ * version, LuaJIT included. The coroutine is resumed with `true` (the
+ * awaited future is done: the Lua side reads it) or `false, err` (an error
+ * to raise, e.g. a CancelledError). A bare coroutine.yield() is a bare
+ * yield: the task steps again on the next iteration (asyncio's sleep(0)).
+ *
+ * Lifetime: while the task runs, its state holds the coroutine and the
+ * task object strongly (a running task is reachable from the loop, as in
+ * asyncio); once done it lets both go.
+ */
+#include "gfl_lua.h"
+
+#include <stdlib.h>
+
+typedef struct gfl_lua_task {
+    gfl_lua_rt *rt;
+    lua_State *co;
+    int co_ref;
+    int self_ref;     /* the task object */
+    gfl_lua_future *fu; /* valid while self_ref is held */
+    int started;
+} gfl_lua_task;
+
+static void task_release(void *ud)
+{
+    gfl_lua_task *lt = ud;
+    gfl_lua_rt *rt = lt->rt;
+    if (rt->L) {
+        luaL_unref(rt->L, LUA_REGISTRYINDEX, lt->co_ref);
+        luaL_unref(rt->L, LUA_REGISTRYINDEX, lt->self_ref);
+    }
+    if (rt->current == lt)
+        rt->current = NULL;
+    gfl_lua_rt_unref(rt);
+    free(lt);
+}
+
+/* A step that cannot resume (bad yield, state closed): fail the task. */
+static void fail_with(gfl_task *t, int code, const char *message)
+{
+    gfl_value *e = GFL->value_error(code, "RuntimeError", message, NULL);
+    if (e) {
+        GFL->task_fail(t, e);
+        GFL->value_unref(e);
+    }
+}
+
+/* The coroutine yielded something that is not a future. A plain yield
+ * cannot raise inside the coroutine (awaits report errors as values), so
+ * the task fails with the error. */
+static void await_error(gfl_lua_rt *rt, gfl_task *t, const char *message)
+{
+    (void)rt;
+    fail_with(t, GFL_EINVAL, message);
+}
+
+static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
+{
+    (void)value; /* the Lua side reads the awaited future itself */
+    gfl_lua_task *lt = ud;
+    gfl_lua_rt *rt = lt->rt;
+    lua_State *L = rt->L;
+    if (!L) {
+        fail_with(t, GFL_ECLOSED, "the Lua state was closed");
+        return;
+    }
+    gfl_lua_rt_collect(rt);
+    lua_State *co = lt->co;
+    int narg;
+    if (!lt->started) {
+        lt->started = 1;
+        narg = lua_gettop(co) - 1; /* the function and its arguments */
+        if (error) {
+            /* Cancelled before it ever ran: never start the function. */
+            gfl_value *e = GFL->value_ref(error);
+            GFL->task_fail(t, e);
+            GFL->value_unref(e);
+            return;
+        }
+    } else if (error) {
+        /* Built on L: a suspended coroutine cannot run the constructor. */
+        lua_pushboolean(L, 0);
+        gfl_lua_push_error(L, error);
+        lua_xmove(L, co, 2);
+        narg = 2;
+    } else {
+        lua_pushboolean(co, 1);
+        narg = 1;
+    }
+
+    gfl_lua_task *previous = rt->current;
+    rt->current = lt;
+    int nres = 0;
+    int status = gfl_resume(co, L, narg, &nres);
+    rt->current = previous;
+
+    if (status == LUA_YIELD) {
+        if (nres == 0) {
+            /* bare yield: step again next iteration */
+        } else {
+            gfl_future *f = gfl_lua_to_future(co, -nres);
+            if (!f) {
+                await_error(rt, t, "a task yielded something that is not a future (use gfl.sleep(0) to yield)");
+            } else {
+                int rc = GFL->task_await(t, f);
+                if (rc < 0)
+                    await_error(rt, t, rc == GFL_EINVAL ? "a task cannot await itself or a future of another loop"
+                                                        : GFL->strerror(rc));
+            }
+        }
+        lua_pop(co, nres);
+        return;
+    }
+    /* Finished: work on L (no calls may run on a dead coroutine). */
+    int base = lua_gettop(L);
+    if (status == 0) {
+        luaL_checkstack(L, nres + LUA_MINSTACK, "too many results");
+        lua_xmove(co, L, nres);
+        gfl_value *v = gfl_lua_pack(L, base + 1, nres);
+        lua_settop(L, base);
+        if (!v) {
+            fail_with(t, GFL_ENOMEM, "out of memory");
+            return;
+        }
+        GFL->task_return(t, v);
+        GFL->value_unref(v);
+        return;
+    }
+    /* Raised: keep the object and a traceback of the dead coroutine. */
+    lua_xmove(co, L, 1);
+    int err = base + 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lt->co_ref);
+    if (lua_type(L, err) == LUA_TSTRING)
+        lua_pushvalue(L, err);
+    else
+        lua_pushnil(L); /* debug.traceback leaves non-strings alone */
+    lua_call(L, 2, 1);
+    gfl_value *e = gfl_lua_error_value(L, err, lua_tostring(L, -1));
+    if (!e) {
+        lua_settop(L, base);
+        fail_with(t, GFL_ENOMEM, "out of memory");
+        return;
+    }
+    gfl_lua_errmap_set(L, e, err);
+    lua_settop(L, base);
+    if (lt->fu->err) {
+        gfl_lua_errmap_clear(L, lt->fu->err);
+        GFL->value_unref(lt->fu->err);
+    }
+    lt->fu->err = GFL->value_ref(e);
+    GFL->task_fail(t, e);
+    GFL->value_unref(e);
+}
+
+/* gfl.spawn(fn, ...) -> task: runs fn(...) as a task from the next
+ * iteration on (asyncio's create_task). */
+int gfl_lua_spawn(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int n = lua_gettop(L);
+    gfl_lua_task *lt = calloc(1, sizeof *lt);
+    if (!lt)
+        return luaL_error(L, "spawn: out of memory");
+    lt->co = lua_newthread(L);
+    lt->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int i = 1; i <= n; i++)
+        lua_pushvalue(L, i);
+    lua_xmove(L, lt->co, n);
+    lt->rt = rt;
+    gfl_lua_rt_ref(rt);
+
+    gfl_task *t = GFL->task_new(rt->loop, task_step, lt, task_release);
+    if (!t) {
+        luaL_unref(L, LUA_REGISTRYINDEX, lt->co_ref);
+        gfl_lua_rt_unref(rt);
+        free(lt);
+        return luaL_error(L, "spawn: the loop is closed");
+    }
+    gfl_lua_future *fu = gfl_lua_future_push(L, rt, GFL->task_future(t));
+    GFL->future_unref(fu->f); /* the task reference below holds it */
+    fu->task = t;
+    lt->fu = fu;
+    lua_pushvalue(L, -1);
+    lt->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+/* gfl.current_task() -> the running task, or nil */
+static int l_current_task(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    if (!rt->current)
+        return lua_pushnil(L), 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->self_ref);
+    return 1;
+}
+
+/* internal: is `co` the coroutine of the running task? (gfl.pcall on 5.1
+ * runs its function in a coroutine of its own and forwards awaits) */
+static int l_in_task(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    lua_pushboolean(L, rt->current != NULL);
+    return 1;
+}
+
+/* internal: one blocking iteration (gfl.run drives the loop with it) */
+static int l_run_once(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    gfl_lua_rt_collect(rt);
+    int n = GFL->loop_run_once(rt->loop, luaL_optnumber(L, 1, -1));
+    if (n < 0)
+        return gfl_lua_fail(L, "run", n);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int l_loop_running(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    lua_pushboolean(L, GFL->loop_is_running(rt->loop) == 1);
+    return 1;
+}
+
+void gfl_lua_open_task(lua_State *L, int internal)
+{
+    lua_pushcfunction(L, gfl_lua_spawn);
+    lua_setfield(L, internal, "spawn");
+    lua_pushcfunction(L, l_current_task);
+    lua_setfield(L, internal, "current_task");
+    lua_pushcfunction(L, l_in_task);
+    lua_setfield(L, internal, "in_task");
+    lua_pushcfunction(L, l_run_once);
+    lua_setfield(L, internal, "run_once");
+    lua_pushcfunction(L, l_loop_running);
+    lua_setfield(L, internal, "loop_running");
+}

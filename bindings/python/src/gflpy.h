@@ -1,0 +1,129 @@
+/*
+ * Internal header of the globeflower._core extension (never installed).
+ *
+ * The extension reaches the core only through the gfl_api table (`gflpy_api`),
+ * never through core/ headers, so a C host that embeds its own core and hands
+ * its table over keeps one core per process.
+ */
+#ifndef GFLPY_H
+#define GFLPY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <globeflower.h>
+
+/* The table every call goes through (set once at module init). */
+extern const gfl_api *gflpy_api;
+#define API gflpy_api
+
+/* ------------------------------------------------------------------ */
+/* Objects from asyncio and from our pure-Python layer, set by _setup() */
+
+typedef struct gflpy_refs {
+    PyObject *Handle;           /* asyncio.events.Handle */
+    PyObject *TimerHandle;      /* globeflower._loop.TimerHandle (asyncio.TimerHandle + _gfl_id) */
+    PyObject *handle_error;     /* _loop._handle_error(handle, exc) */
+    PyObject *run_debug;        /* _loop._run_handle_debug(loop, handle) */
+    PyObject *transport_error;  /* _loop._transport_fatal_error(transport, exc, message) */
+    PyObject *BufferedProtocol; /* asyncio.BufferedProtocol */
+    PyObject *TransportSocket;  /* asyncio.trsock.TransportSocket */
+    PyObject *copy_context;     /* contextvars.copy_context */
+    PyObject *set_result_unless_cancelled; /* asyncio.futures._set_result_unless_cancelled */
+    PyObject *Task;             /* asyncio.Task (the C one when available) */
+    PyObject *create_task_slow; /* BaseEventLoop.create_task (factories, debug) */
+} gflpy_refs;
+extern gflpy_refs gflpy;
+
+/* Slot offsets inside asyncio's Handle / TimerHandle (they use __slots__),
+ * read from their member descriptors at _setup(): creating and running a
+ * handle then costs no Python-level call. */
+typedef struct gflpy_handle_offsets {
+    Py_ssize_t callback, args, cancelled, loop, source_traceback, repr, context;
+    Py_ssize_t when, scheduled, gfl_id;
+} gflpy_handle_offsets;
+extern gflpy_handle_offsets gflpy_hoff;
+
+#define GFLPY_SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* Sets a slot, taking a new reference to `v` and dropping the old one. */
+static inline void gflpy_slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = GFLPY_SLOT(o, off);
+    Py_XINCREF(v);
+    GFLPY_SLOT(o, off) = v;
+    Py_XDECREF(old);
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop (loop.c)                                                   */
+
+struct gflpy_watch; /* one add_reader/add_writer registration */
+
+typedef struct gflpy_loop {
+    PyObject_HEAD
+    gfl_loop *core;
+    int closed;         /* close() ran */
+    int debug;          /* mirrors set_debug() */
+    int stopping;       /* asyncio's _stopping (stop() was called) */
+    int backend_fd;     /* polled without the GIL; < 0 until first needed */
+    /* A BaseException (KeyboardInterrupt, SystemExit) raised by a callback:
+     * re-raised when the iteration returns; callbacks still queued behind
+     * it are re-queued for the next run, as asyncio leaves them ready. */
+    PyObject *pending_exc;
+    struct gflpy_watch **readers, **writers; /* indexed by fd */
+    int nwatch;                              /* capacity of both arrays */
+    /* Handles scheduled from a thread that does not own the core loop (the
+     * core refuses those calls): a list, in call order, moved into the
+     * core by the owner before it schedules anything else, so the FIFO
+     * order of asyncio's one ready queue holds across threads. */
+    PyObject *xq;
+    PyObject *weakreflist;
+} gflpy_loop;
+
+extern PyTypeObject *gflpy_LoopType;
+int gflpy_loop_init_type(PyObject *module);
+
+/* Raises the Python exception for a GFL_E* code; returns NULL. */
+PyObject *gflpy_raise(int code);
+/* A new Python exception object for a core error value (never NULL unless
+ * out of memory). */
+PyObject *gflpy_exception_from_value(gfl_value *error);
+/* Reports an error raised by a callback: a BaseException that must stop
+ * the loop is stored, anything else goes to the exception handler. */
+void gflpy_loop_report(gflpy_loop *loop, PyObject *context_handle_or_null);
+
+/* ------------------------------------------------------------------ */
+/* Handles (handles.c)                                                 */
+
+/* A new asyncio Handle (kind 0) or our TimerHandle (when >= 0), built
+ * without running __init__. `context` NULL: a copy of the current one. */
+PyObject *gflpy_handle_new(gflpy_loop *loop, PyObject *callback, PyObject *args, PyObject *context);
+PyObject *gflpy_timer_handle_new(gflpy_loop *loop, double when, PyObject *callback, PyObject *args, PyObject *context);
+/* Runs a handle now (the body of asyncio's Handle._run). */
+void gflpy_handle_run(gflpy_loop *loop, PyObject *handle);
+/* Core callbacks: arg is a handle reference owned by the core. */
+void gflpy_handle_cb(void *arg);
+void gflpy_handle_release(void *arg);
+int gflpy_handles_setup(void);
+
+/* ------------------------------------------------------------------ */
+/* Stream transports (transport.c)                                     */
+
+extern PyTypeObject *gflpy_StreamTransportType;
+int gflpy_transport_init_type(PyObject *module);
+/* A core server accepted `t`: makes its Python transport for `protocol`
+ * (attached to the asyncio `server`) and fills the core factory's outputs. */
+int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *protocol, PyObject *server,
+                             const gfl_protocol **proto, void **ud);
+int gflpy_server_init_type(PyObject *module);
+/* Creates the type as a subclass of `base` (asyncio.Transport). */
+int gflpy_transport_make_type(PyObject *base);
+/* loop._make_socket_transport(sock, protocol, waiter=None, extra=None, server=None) */
+PyObject *gflpy_make_socket_transport(gflpy_loop *loop, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+/* loop._make_read_pipe_transport / _make_write_pipe_transport */
+PyObject *gflpy_make_read_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw);
+PyObject *gflpy_make_write_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw);
+
+#endif

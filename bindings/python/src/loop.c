@@ -1,0 +1,872 @@
+/*
+ * The C base of globeflower.Loop: the hot half of an asyncio event loop on
+ * the core (scheduling, timers, one loop iteration, fd watchers). The Python
+ * class globeflower._loop.Loop combines it with asyncio's own loop classes
+ * for the cold half (run_until_complete, servers, sock_*, executors, ...).
+ *
+ * Iteration and the GIL: the core's iteration polls and then runs callbacks,
+ * and callbacks need the GIL. So that other threads run while the loop
+ * waits, _run_once first waits for the core's backend fd without the GIL
+ * (only when the loop would block: nothing ready, no timer due), then runs
+ * a non-blocking core iteration with the GIL held.
+ */
+#include "gflpy.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdlib.h>
+
+PyTypeObject *gflpy_LoopType;
+
+struct gflpy_watch {
+    gflpy_loop *loop; /* borrowed: the loop frees its watches */
+    int fd;
+    int writer;
+    PyObject *handle;
+};
+
+/* ------------------------------------------------------------------ */
+/* Reporting errors raised by callbacks                                 */
+
+void gflpy_loop_report(gflpy_loop *loop, PyObject *handle)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (!type)
+        return;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(tb);
+    Py_DECREF(type);
+    if (PyErr_GivenExceptionMatches(value, PyExc_SystemExit) ||
+        PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
+        /* asyncio lets these out of run_forever. */
+        if (!loop->pending_exc)
+            loop->pending_exc = value;
+        else
+            Py_DECREF(value);
+        return;
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(gflpy.handle_error, (PyObject *)loop, handle ? handle : Py_None, value, NULL);
+    Py_DECREF(value);
+    if (r)
+        Py_DECREF(r);
+    else
+        gflpy_loop_report(loop, NULL); /* the handler raised: same rules */
+}
+
+/* ------------------------------------------------------------------ */
+/* Life cycle                                                          */
+
+static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* Python subclasses pass their own constructor arguments: only the
+     * keyword `_gfl_loop` (a capsule from a C host) is ours. */
+    (void)args;
+    PyObject *cap = kwds ? PyDict_GetItemString(kwds, "_gfl_loop") : NULL;
+    gflpy_loop *self = (gflpy_loop *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->backend_fd = -1;
+    if (cap && cap != Py_None) {
+        gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
+        if (!l) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->core = API->loop_ref(l);
+    } else {
+        self->core = API->loop_new(NULL);
+    }
+    if (!self->core) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void watch_free(struct gflpy_watch **slot)
+{
+    struct gflpy_watch *w = *slot;
+    if (!w)
+        return;
+    *slot = NULL;
+    Py_XDECREF(w->handle);
+    PyMem_Free(w);
+}
+
+static void core_close(gflpy_loop *self)
+{
+    if (self->core) {
+        gfl_loop *core = self->core;
+        /* Dropped callbacks release their handles from inside free. */
+        API->loop_free(core);
+        self->core = NULL;
+    }
+    for (int i = 0; i < self->nwatch; i++) {
+        watch_free(&self->readers[i]);
+        watch_free(&self->writers[i]);
+    }
+    PyMem_Free(self->readers);
+    PyMem_Free(self->writers);
+    self->readers = self->writers = NULL;
+    self->nwatch = 0;
+}
+
+static int loop_traverse(gflpy_loop *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->pending_exc);
+    Py_VISIT(self->xq);
+    for (int i = 0; i < self->nwatch; i++) {
+        if (self->readers[i])
+            Py_VISIT(self->readers[i]->handle);
+        if (self->writers[i])
+            Py_VISIT(self->writers[i]->handle);
+    }
+    return 0;
+}
+
+static int loop_clear(gflpy_loop *self)
+{
+    Py_CLEAR(self->pending_exc);
+    Py_CLEAR(self->xq);
+    for (int i = 0; i < self->nwatch; i++) {
+        if (self->readers[i])
+            Py_CLEAR(self->readers[i]->handle);
+        if (self->writers[i])
+            Py_CLEAR(self->writers[i]->handle);
+    }
+    return 0;
+}
+
+static void loop_dealloc(gflpy_loop *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    loop_clear(self);
+    core_close(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int check_open(gflpy_loop *self)
+{
+    if (self->closed || !self->core) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *loop_core_close(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    self->closed = 1;
+    core_close(self);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Scheduling                                                          */
+
+static PyObject *loop_time(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->core)
+        return PyObject_CallMethod(PyImport_AddModule("time"), "monotonic", NULL);
+    return PyFloat_FromDouble(API->loop_time(self->core));
+}
+
+/* Splits (callback, *args, context=None) starting at args[first]. */
+static int split_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t first,
+                      const char *name, PyObject **cb, PyObject **cbargs, PyObject **context)
+{
+    *context = NULL;
+    if (kwnames) {
+        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nk; i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(k, "context") == 0) {
+                *context = args[nargs + i];
+            } else {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, k);
+                return -1;
+            }
+        }
+    }
+    if (nargs <= first) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'callback'", name);
+        return -1;
+    }
+    *cb = args[first];
+    *cbargs = PyTuple_New(nargs - first - 1);
+    if (!*cbargs)
+        return -1;
+    for (Py_ssize_t i = first + 1; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(*cbargs, i - first - 1, args[i]);
+    }
+    return 0;
+}
+
+/* Debug mode: asyncio's thread and callback checks (Python-level). */
+static int debug_checks(gflpy_loop *self, PyObject *cb, const char *method, int thread)
+{
+    if (thread) {
+        PyObject *r = PyObject_CallMethod((PyObject *)self, "_check_thread", NULL);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    }
+    PyObject *r = PyObject_CallMethod((PyObject *)self, "_check_callback", "Os", cb, method);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Hands handle `h` (a new reference for the core) to the core: the ready
+ * queue, or the timers for a TimerHandle. */
+static int core_schedule(gflpy_loop *self, PyObject *h)
+{
+    gfl_handle id;
+    if (Py_TYPE(h) == (PyTypeObject *)gflpy.TimerHandle) {
+        PyObject *w = GFLPY_SLOT(h, gflpy_hoff.when);
+        double when = w ? PyFloat_AsDouble(w) : 0;
+        id = API->call_at_ex(self->core, when, gflpy_handle_cb, h, gflpy_handle_release);
+        if (id > 0) {
+            PyObject *pid = PyLong_FromLongLong(id);
+            if (!pid) {
+                PyErr_Clear();
+                return 0; /* the timer works; only cancel() cannot reach it */
+            }
+            Py_XSETREF(GFLPY_SLOT(h, gflpy_hoff.gfl_id), pid);
+        }
+    } else {
+        id = API->call_soon_ex(self->core, gflpy_handle_cb, h, gflpy_handle_release);
+    }
+    return id < 0 ? (int)id : 0;
+}
+
+static void wake_cb(void *arg);
+
+/* Moves the handles other threads queued into the core, in order. Stops
+ * (leaving the rest) if this thread does not own the core loop either. */
+static int flush_xq(gflpy_loop *self)
+{
+    if (!self->xq || PyList_GET_SIZE(self->xq) == 0 || !self->core)
+        return 0;
+    Py_ssize_t n = PyList_GET_SIZE(self->xq), i;
+    int rc = 0;
+    for (i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(self->xq, i);
+        if (GFLPY_SLOT(h, gflpy_hoff.cancelled) == Py_True)
+            continue;
+        Py_INCREF(h);
+        rc = core_schedule(self, h);
+        if (rc < 0) {
+            Py_DECREF(h);
+            break;
+        }
+    }
+    if (PyList_SetSlice(self->xq, 0, i, NULL) < 0)
+        PyErr_Clear();
+    return rc;
+}
+
+static void wake_cb(void *arg)
+{
+    gflpy_loop *self = arg;
+    if (flush_xq(self) < 0)
+        PyErr_Clear();
+}
+
+/* Schedules `h` from whatever thread we are on (see xq). */
+static int schedule_handle(gflpy_loop *self, PyObject *h)
+{
+    int rc = flush_xq(self);
+    if (rc == 0) {
+        Py_INCREF(h); /* the core's reference */
+        rc = core_schedule(self, h);
+        if (rc == 0)
+            return 0;
+        Py_DECREF(h);
+    }
+    if (rc != GFL_EWRONGTHREAD)
+        return rc;
+    if (!self->xq && !(self->xq = PyList_New(0)))
+        return GFL_ENOMEM;
+    if (PyList_Append(self->xq, h) < 0)
+        return GFL_ENOMEM;
+    /* Wakes the owner if it is polling (it flushes before each iteration). */
+    API->call_soon_threadsafe(self->core, wake_cb, self);
+    return 0;
+}
+
+static PyObject *schedule_soon(gflpy_loop *self, PyObject *cb, PyObject *cbargs, PyObject *context, int threadsafe)
+{
+    (void)threadsafe; /* every path is thread-safe: see schedule_handle */
+    PyObject *h = gflpy_handle_new(self, cb, cbargs, context);
+    if (!h)
+        return NULL;
+    int rc = schedule_handle(self, h);
+    if (rc < 0) {
+        Py_DECREF(h);
+        return gflpy_raise(rc);
+    }
+    return h;
+}
+
+static PyObject *loop_call_soon(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *cb, *cbargs, *context;
+    if (check_open(self) < 0 || split_call(args, nargs, kwnames, 0, "call_soon", &cb, &cbargs, &context) < 0)
+        return NULL;
+    PyObject *h = NULL;
+    if (!self->debug || debug_checks(self, cb, "call_soon", 1) == 0)
+        h = schedule_soon(self, cb, cbargs, context, 0);
+    Py_DECREF(cbargs);
+    return h;
+}
+
+static PyObject *loop_call_soon_threadsafe(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *cb, *cbargs, *context;
+    if (check_open(self) < 0 ||
+        split_call(args, nargs, kwnames, 0, "call_soon_threadsafe", &cb, &cbargs, &context) < 0)
+        return NULL;
+    PyObject *h = NULL;
+    if (!self->debug || debug_checks(self, cb, "call_soon_threadsafe", 0) == 0)
+        h = schedule_soon(self, cb, cbargs, context, 1);
+    Py_DECREF(cbargs);
+    return h;
+}
+
+static PyObject *schedule_at(gflpy_loop *self, double when, PyObject *cb, PyObject *cbargs, PyObject *context)
+{
+    PyObject *h = gflpy_timer_handle_new(self, when, cb, cbargs, context);
+    if (!h)
+        return NULL;
+    int rc = schedule_handle(self, h);
+    if (rc < 0) {
+        Py_DECREF(h);
+        return gflpy_raise(rc);
+    }
+    return h;
+}
+
+static PyObject *timer_call(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int later)
+{
+    const char *name = later ? "call_later" : "call_at";
+    if (nargs < 1)
+        return PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", name, later ? "delay" : "when");
+    if (args[0] == Py_None)
+        return PyErr_Format(PyExc_TypeError, later ? "delay must not be None" : "when cannot be None");
+    double t = PyFloat_AsDouble(args[0]);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (isnan(t))
+        return PyErr_Format(PyExc_ValueError, "%s: NaN", name);
+    PyObject *cb, *cbargs, *context;
+    if (check_open(self) < 0 || split_call(args, nargs, kwnames, 1, name, &cb, &cbargs, &context) < 0)
+        return NULL;
+    if (later)
+        t += API->loop_time(self->core);
+    PyObject *h = NULL;
+    if (!self->debug || debug_checks(self, cb, name, 1) == 0)
+        h = schedule_at(self, t, cb, cbargs, context);
+    Py_DECREF(cbargs);
+    return h;
+}
+
+static PyObject *loop_call_later(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return timer_call(self, args, nargs, kwnames, 1);
+}
+
+static PyObject *loop_call_at(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return timer_call(self, args, nargs, kwnames, 0);
+}
+
+/* create_task(coro, *, name=None, context=None): asyncio.Task built
+ * directly when there is no task factory and debug mode is off (the common
+ * case); asyncio's own code otherwise. */
+static PyObject *loop_create_task(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    int slow = self->debug || nargs != 1;
+    PyObject *name = NULL, *context = NULL;
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nk && !slow; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "name") == 0)
+            name = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(k, "context") == 0)
+            context = args[nargs + i];
+        else
+            slow = 1;
+    }
+    if (!slow) {
+        PyObject *tf = PyObject_GetAttrString((PyObject *)self, "_task_factory");
+        if (!tf)
+            return NULL;
+        slow = tf != Py_None;
+        Py_DECREF(tf);
+    }
+    if (slow || (context && context != Py_None && PY_VERSION_HEX < 0x030B0000)) {
+        /* asyncio's create_task, with self first. */
+        PyObject *stack[8];
+        Py_ssize_t n = nargs + nk;
+        if (n + 1 > 8)
+            return PyErr_Format(PyExc_TypeError, "create_task(): too many arguments");
+        stack[0] = (PyObject *)self;
+        for (Py_ssize_t i = 0; i < n; i++)
+            stack[i + 1] = args[i];
+        return PyObject_Vectorcall(gflpy.create_task_slow, stack, (size_t)(nargs + 1), kwnames);
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    /* Task(coro, loop=self, name=name[, context=context]) */
+    PyObject *stack[4] = {args[0], (PyObject *)self, name ? name : Py_None, context};
+    static PyObject *kw2, *kw3; /* keyword names, made once */
+    if (!kw2 && !(kw2 = Py_BuildValue("(ss)", "loop", "name")))
+        return NULL;
+    if (!kw3 && !(kw3 = Py_BuildValue("(sss)", "loop", "name", "context")))
+        return NULL;
+    return PyObject_Vectorcall(gflpy.Task, stack, 1, context && context != Py_None ? kw3 : kw2);
+}
+
+/* TimerHandle.cancel() calls this: drop the timer from the core now (so a
+ * cancelled long timeout costs no memory until its deadline). */
+static PyObject *loop_timer_handle_cancelled(gflpy_loop *self, PyObject *h)
+{
+    if (!PyObject_TypeCheck(h, (PyTypeObject *)gflpy.TimerHandle) || !self->core)
+        Py_RETURN_NONE;
+    PyObject *pid = GFLPY_SLOT(h, gflpy_hoff.gfl_id);
+    if (pid && PyLong_Check(pid)) {
+        long long id = PyLong_AsLongLong(pid);
+        Py_CLEAR(GFLPY_SLOT(h, gflpy_hoff.gfl_id));
+        if (id > 0)
+            API->handle_cancel(self->core, id); /* releases the core's reference */
+    }
+    gflpy_slot_set(h, gflpy_hoff.scheduled, Py_False);
+    Py_RETURN_NONE;
+}
+
+/* asyncio's _add_callback(handle): queue an existing handle (signals). */
+static PyObject *loop_add_callback(gflpy_loop *self, PyObject *h)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    if (!PyObject_TypeCheck(h, (PyTypeObject *)gflpy.Handle))
+        return PyErr_Format(PyExc_TypeError, "_add_callback() needs a Handle");
+    if (GFLPY_SLOT(h, gflpy_hoff.cancelled) == Py_True)
+        Py_RETURN_NONE;
+    int rc = schedule_handle(self, h);
+    if (rc < 0)
+        return gflpy_raise(rc);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* One iteration                                                       */
+
+/* One asyncio iteration; -1 with an exception set on failure. */
+static int run_one(gflpy_loop *self)
+{
+    if (check_open(self) < 0)
+        return -1;
+    int stop = self->stopping;
+    if (flush_xq(self) < 0)
+        stop = 1; /* not ours until run_once moves it here: no blocking */
+    double timeout = stop ? 0 : API->loop_backend_timeout(self->core);
+    if (timeout != 0) {
+        if (self->backend_fd == -1)
+            self->backend_fd = API->loop_backend_fd(self->core);
+        /* Round up, as selectors do, so a timer is never polled early. */
+        int ms = timeout < 0 ? -1 : (timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1e3));
+        struct pollfd p = {.fd = self->backend_fd, .events = POLLIN};
+        int nfds = 1;
+        if (self->backend_fd < 0) {
+            /* No backend fd (not Linux/epoll/proc): wait in slices of 1 ms
+             * without the GIL, then let the core poll. Correct, not cheap. */
+            self->backend_fd = -2;
+            nfds = 0;
+            if (ms < 0 || ms > 1)
+                ms = 1;
+        }
+        int n, err;
+        Py_BEGIN_ALLOW_THREADS
+        n = poll(nfds ? &p : NULL, (nfds_t)nfds, ms);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (n < 0 && err == EINTR && PyErr_CheckSignals() < 0)
+            return -1; /* e.g. KeyboardInterrupt from Python's SIGINT handler */
+    }
+    int rc = API->loop_run_once(self->core, 0);
+    if (rc >= 0 && flush_xq(self) < 0)
+        PyErr_Clear();
+    if (self->pending_exc) {
+        PyObject *e = self->pending_exc;
+        self->pending_exc = NULL;
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
+        return -1;
+    }
+    if (rc < 0 && rc != GFL_ECLOSED) {
+        gflpy_raise(rc);
+        return -1;
+    }
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *loop_run_once(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    if (run_one(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The body of run_forever: iterations until stop() (the set-up around it
+ * is asyncio's, in _loop.py). */
+static PyObject *loop_run_until_stopped(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    for (;;) {
+        if (run_one(self) < 0)
+            return NULL;
+        if (self->stopping)
+            break;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* fd watchers (asyncio's _add_reader & co.)                            */
+
+static void watch_cb(void *arg)
+{
+    struct gflpy_watch *w = arg;
+    gflpy_loop *loop = w->loop;
+    PyObject *h = w->handle;
+    if (loop->pending_exc || !h)
+        return; /* level-triggered: it fires again next iteration */
+    if (GFLPY_SLOT(h, gflpy_hoff.cancelled) == Py_True) {
+        /* asyncio drops a watcher whose handle was cancelled. */
+        struct gflpy_watch **slot = w->writer ? &loop->writers[w->fd] : &loop->readers[w->fd];
+        if (w->writer)
+            API->remove_writer(loop->core, w->fd);
+        else
+            API->remove_reader(loop->core, w->fd);
+        watch_free(slot);
+        return;
+    }
+    Py_INCREF(h);
+    Py_INCREF(loop);
+    gflpy_handle_run(loop, h); /* may remove (free) w */
+    Py_DECREF(loop);
+    Py_DECREF(h);
+}
+
+static int grow_watches(gflpy_loop *self, int fd)
+{
+    if (fd < self->nwatch)
+        return 0;
+    int n = self->nwatch ? self->nwatch : 64;
+    while (n <= fd)
+        n *= 2;
+    struct gflpy_watch **r = PyMem_Realloc(self->readers, (size_t)n * sizeof *r);
+    if (!r)
+        return -1;
+    self->readers = r;
+    struct gflpy_watch **w = PyMem_Realloc(self->writers, (size_t)n * sizeof *w);
+    if (!w)
+        return -1;
+    self->writers = w;
+    for (int i = self->nwatch; i < n; i++)
+        self->readers[i] = self->writers[i] = NULL;
+    self->nwatch = n;
+    return 0;
+}
+
+static int to_fd(PyObject *o)
+{
+    int fd = PyObject_AsFileDescriptor(o);
+    if (fd < 0 && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %d", fd);
+    return fd;
+}
+
+/* Cancels a handle the asyncio way (its cancel() method). */
+static void cancel_handle(PyObject *h)
+{
+    PyObject *r = PyObject_CallMethod(h, "cancel", NULL);
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_WriteUnraisable(h);
+}
+
+static PyObject *add_watch(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, int writer)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    if (nargs < 2)
+        return PyErr_Format(PyExc_TypeError, "expected (fd, callback, *args)");
+    int fd = to_fd(args[0]);
+    if (fd < 0)
+        return NULL;
+    PyObject *cbargs = PyTuple_New(nargs - 2);
+    if (!cbargs)
+        return NULL;
+    for (Py_ssize_t i = 2; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(cbargs, i - 2, args[i]);
+    }
+    /* asyncio gives fd handles no context of their own: a copy of the
+     * current one, as Handle(context=None) does. */
+    PyObject *h = gflpy_handle_new(self, args[1], cbargs, NULL);
+    Py_DECREF(cbargs);
+    if (!h)
+        return NULL;
+    if (grow_watches(self, fd) < 0) {
+        Py_DECREF(h);
+        return PyErr_NoMemory();
+    }
+    struct gflpy_watch **slot = writer ? &self->writers[fd] : &self->readers[fd];
+    struct gflpy_watch *w = *slot;
+    PyObject *old = NULL;
+    if (!w) {
+        w = PyMem_Calloc(1, sizeof *w);
+        if (!w) {
+            Py_DECREF(h);
+            return PyErr_NoMemory();
+        }
+        w->loop = self;
+        w->fd = fd;
+        w->writer = writer;
+    } else {
+        old = w->handle;
+    }
+    int rc = writer ? API->add_writer(self->core, fd, watch_cb, w) : API->add_reader(self->core, fd, watch_cb, w);
+    if (rc < 0) {
+        if (!*slot)
+            PyMem_Free(w);
+        Py_DECREF(h);
+        return gflpy_raise(rc);
+    }
+    Py_INCREF(h);
+    w->handle = h;
+    *slot = w;
+    if (old) {
+        cancel_handle(old);
+        Py_DECREF(old);
+    }
+    return h;
+}
+
+static PyObject *remove_watch(gflpy_loop *self, PyObject *fdobj, int writer)
+{
+    int fd = to_fd(fdobj);
+    if (fd < 0)
+        return NULL;
+    if (self->closed || !self->core || fd >= self->nwatch)
+        Py_RETURN_FALSE;
+    struct gflpy_watch **slot = writer ? &self->writers[fd] : &self->readers[fd];
+    struct gflpy_watch *w = *slot;
+    if (!w)
+        Py_RETURN_FALSE;
+    if (writer)
+        API->remove_writer(self->core, fd);
+    else
+        API->remove_reader(self->core, fd);
+    PyObject *h = w->handle;
+    w->handle = NULL;
+    watch_free(slot);
+    if (h) {
+        cancel_handle(h);
+        Py_DECREF(h);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *loop_add_reader(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return add_watch(self, args, nargs, 0);
+}
+
+static PyObject *loop_add_writer(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return add_watch(self, args, nargs, 1);
+}
+
+static PyObject *loop_remove_reader(gflpy_loop *self, PyObject *fd)
+{
+    return remove_watch(self, fd, 0);
+}
+
+static PyObject *loop_remove_writer(gflpy_loop *self, PyObject *fd)
+{
+    return remove_watch(self, fd, 1);
+}
+
+/* The registered handle for fd (reader or writer), or None: used by the
+ * Python layer where asyncio consults its selector's keys. */
+static PyObject *loop_get_watch(gflpy_loop *self, PyObject *args)
+{
+    int fd, writer;
+    if (!PyArg_ParseTuple(args, "ip", &fd, &writer))
+        return NULL;
+    if (fd < 0 || fd >= self->nwatch)
+        Py_RETURN_NONE;
+    struct gflpy_watch *w = writer ? self->writers[fd] : self->readers[fd];
+    if (!w || !w->handle)
+        Py_RETURN_NONE;
+    Py_INCREF(w->handle);
+    return w->handle;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sharing the core loop with C code                                    */
+
+static PyObject *loop_capsule(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_open(self) < 0)
+        return NULL;
+    return PyCapsule_New(self->core, "globeflower.loop", NULL);
+}
+
+static PyObject *loop_make_socket_transport(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return gflpy_make_socket_transport(self, args, nargs, kwnames);
+}
+
+/* ------------------------------------------------------------------ */
+/* Attributes BaseEventLoop reads and writes, kept in C                 */
+
+static PyObject *get_debug_attr(gflpy_loop *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->debug);
+}
+
+static int set_debug_attr(gflpy_loop *self, PyObject *v, void *c)
+{
+    (void)c;
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    self->debug = b;
+    if (self->core)
+        API->loop_set_debug(self->core, b);
+    return 0;
+}
+
+static PyObject *get_closed_attr(gflpy_loop *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->closed);
+}
+
+static int set_closed_attr(gflpy_loop *self, PyObject *v, void *c)
+{
+    (void)c;
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    self->closed = b;
+    return 0;
+}
+
+static PyObject *get_stopping_attr(gflpy_loop *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->stopping);
+}
+
+static int set_stopping_attr(gflpy_loop *self, PyObject *v, void *c)
+{
+    (void)c;
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    self->stopping = b;
+    return 0;
+}
+
+static PyGetSetDef loop_getset[] = {
+    {"_stopping", (getter)get_stopping_attr, (setter)set_stopping_attr, NULL, NULL},
+    {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
+    {"_closed", (getter)get_closed_attr, (setter)set_closed_attr, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef loop_methods[] = {
+    {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's monotonic clock."},
+    {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_at", (PyCFunction)(void (*)(void))loop_call_at, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_timer_handle_cancelled", (PyCFunction)loop_timer_handle_cancelled, METH_O, NULL},
+    {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, NULL},
+    {"_run_until_stopped", (PyCFunction)loop_run_until_stopped, METH_NOARGS, NULL},
+    {"_add_callback", (PyCFunction)loop_add_callback, METH_O, NULL},
+    {"_add_reader", (PyCFunction)(void (*)(void))loop_add_reader, METH_FASTCALL, NULL},
+    {"_add_writer", (PyCFunction)(void (*)(void))loop_add_writer, METH_FASTCALL, NULL},
+    {"_remove_reader", (PyCFunction)loop_remove_reader, METH_O, NULL},
+    {"_remove_writer", (PyCFunction)loop_remove_writer, METH_O, NULL},
+    {"_get_watch", (PyCFunction)loop_get_watch, METH_VARARGS, NULL},
+    {"_core_close", (PyCFunction)loop_core_close, METH_NOARGS, NULL},
+    {"_capsule", (PyCFunction)loop_capsule, METH_NOARGS,
+     "A PyCapsule (name \"globeflower.loop\") holding the core gfl_loop* (borrowed)."},
+    {"_make_read_pipe_transport", (PyCFunction)(void (*)(void))gflpy_make_read_pipe_transport, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_make_write_pipe_transport", (PyCFunction)(void (*)(void))gflpy_make_write_pipe_transport, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_make_socket_transport", (PyCFunction)(void (*)(void))loop_make_socket_transport, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef loop_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(gflpy_loop, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot loop_slots[] = {
+    {Py_tp_new, loop_new},
+    {Py_tp_dealloc, loop_dealloc},
+    {Py_tp_traverse, loop_traverse},
+    {Py_tp_clear, loop_clear},
+    {Py_tp_methods, loop_methods},
+    {Py_tp_members, loop_members},
+    {Py_tp_getset, loop_getset},
+    {Py_tp_doc, "C base of globeflower.Loop (not an event loop on its own)."},
+    {0, NULL},
+};
+
+static PyType_Spec loop_spec = {
+    "globeflower._core.LoopBase",
+    sizeof(gflpy_loop),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    loop_slots,
+};
+
+int gflpy_loop_init_type(PyObject *module)
+{
+    gflpy_LoopType = (PyTypeObject *)PyType_FromSpec(&loop_spec);
+    if (!gflpy_LoopType)
+        return -1;
+    Py_INCREF(gflpy_LoopType);
+    if (PyModule_AddObject(module, "LoopBase", (PyObject *)gflpy_LoopType) < 0) {
+        Py_DECREF(gflpy_LoopType);
+        return -1;
+    }
+    return 0;
+}

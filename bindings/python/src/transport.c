@@ -1,0 +1,1201 @@
+/*
+ * Stream transports (TCP and Unix sockets) on the core's gfl_transport,
+ * driving Python protocols (asyncio.Protocol and asyncio.BufferedProtocol).
+ *
+ * The type is created at _setup() as a subclass of asyncio.Transport, so
+ * isinstance(t, asyncio.Transport) holds. asyncio.BaseTransport has a slot
+ * (_extra), so our C fields cannot sit at a fixed offset: they follow the
+ * base's instance layout, at `tr_off`, found at run time.
+ *
+ * Sockets: the core gets a dup() of the user's socket and the Python socket
+ * object stays what get_extra_info('socket') shows (same fileno, as on the
+ * stock loop); it is closed after connection_lost, like asyncio does, so the
+ * peer sees the close once both descriptors are gone.
+ */
+#include "gflpy.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+PyTypeObject *gflpy_StreamTransportType;
+
+typedef struct tr {
+    gfl_transport *t;   /* our reference (valid, but inert, after loss) */
+    gflpy_loop *loop;
+    PyObject *protocol;
+    PyObject *sock;     /* the Python socket, or NULL */
+    PyObject *server;   /* asyncio Server that accepted us, or NULL */
+    PyObject *waiter;   /* future completed after connection_made */
+    PyObject *extra;    /* dict: asyncio's _extra */
+    PyObject *lost_exc; /* exception for connection_lost (fatal errors) */
+    PyObject *m_data_received, *m_get_buffer, *m_buffer_updated;
+    PyObject *dict, *weakreflist;
+    Py_buffer buf;
+    int has_buf;
+    int buffered;
+    int lost;
+    int eof;
+    int protocol_paused; /* pause_writing was called, resume_writing not yet */
+    int is_pipe;         /* `sock` is then the pipe's file object */
+    int sock_fd; /* the user's fileno, key of loop._transports */
+} tr;
+
+static Py_ssize_t tr_off;      /* where struct tr starts */
+static Py_ssize_t extra_off;   /* BaseTransport's _extra slot */
+/* Every object slot of the asyncio base classes (cleared at dealloc). */
+#define MAX_BASE_SLOTS 16
+static Py_ssize_t base_slots[MAX_BASE_SLOTS];
+static int nbase_slots;
+
+#define TR(o) ((tr *)((char *)(o) + tr_off))
+
+static const gfl_protocol plain_proto;
+static const gfl_protocol buffered_proto;
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+
+/* asyncio's _fatal_error / protocol-callback failure reporting (Python). */
+static void report(PyObject *self, const char *message, int fatal)
+{
+    tr *s = TR(self);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (!type)
+        return;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(tb);
+    Py_DECREF(type);
+    if (PyErr_GivenExceptionMatches(value, PyExc_SystemExit) ||
+        PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(value), value);
+        Py_DECREF(value);
+        gflpy_loop_report(s->loop, NULL);
+        return;
+    }
+    PyObject *r = PyObject_CallFunction(gflpy.transport_error, "OOsi", self, value, message, fatal);
+    Py_DECREF(value);
+    if (r)
+        Py_DECREF(r);
+    else
+        gflpy_loop_report(s->loop, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Protocol binding                                                    */
+
+static int bind_protocol(PyObject *self, PyObject *protocol)
+{
+    tr *s = TR(self);
+    int buffered = PyObject_IsInstance(protocol, gflpy.BufferedProtocol);
+    if (buffered < 0)
+        return -1;
+    PyObject *a = NULL, *b = NULL, *c = NULL;
+    if (buffered) {
+        a = PyObject_GetAttrString(protocol, "get_buffer");
+        b = a ? PyObject_GetAttrString(protocol, "buffer_updated") : NULL;
+        if (!b) {
+            Py_XDECREF(a);
+            return -1;
+        }
+    } else {
+        c = PyObject_GetAttrString(protocol, "data_received");
+        if (!c)
+            PyErr_Clear(); /* looked up again (and failing) when data comes */
+    }
+    Py_INCREF(protocol);
+    Py_XSETREF(s->protocol, protocol);
+    Py_XSETREF(s->m_get_buffer, a);
+    Py_XSETREF(s->m_buffer_updated, b);
+    Py_XSETREF(s->m_data_received, c);
+    s->buffered = buffered;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Core -> protocol trampolines (ud is the Python transport)            */
+
+static void p_connection_made(gfl_transport *t, void *ud)
+{
+    (void)t;
+    PyObject *self = ud;
+    tr *s = TR(self);
+    Py_INCREF(self);
+    PyObject *r = PyObject_CallMethod(s->protocol, "connection_made", "O", self);
+    if (r)
+        Py_DECREF(r);
+    else
+        gflpy_loop_report(s->loop, NULL);
+    if (s->waiter) {
+        PyObject *w = s->waiter;
+        s->waiter = NULL;
+        r = PyObject_CallFunctionObjArgs(gflpy.set_result_unless_cancelled, w, Py_None, NULL);
+        Py_DECREF(w);
+        if (r)
+            Py_DECREF(r);
+        else
+            gflpy_loop_report(s->loop, NULL);
+    }
+    Py_DECREF(self);
+}
+
+static void p_data_received(gfl_transport *t, const void *data, size_t len, void *ud)
+{
+    (void)t;
+    PyObject *self = ud;
+    tr *s = TR(self);
+    PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    if (!bytes) {
+        report(self, "Fatal read error on socket transport", 1);
+        return;
+    }
+    Py_INCREF(self);
+    PyObject *r;
+    if (s->m_data_received)
+        r = PyObject_CallOneArg(s->m_data_received, bytes);
+    else
+        r = PyObject_CallMethod(s->protocol, "data_received", "O", bytes);
+    Py_DECREF(bytes);
+    if (r)
+        Py_DECREF(r);
+    else
+        report(self, "Fatal error: protocol.data_received() call failed.", 1);
+    Py_DECREF(self);
+}
+
+static int p_eof_received(gfl_transport *t, void *ud)
+{
+    (void)t;
+    PyObject *self = ud;
+    tr *s = TR(self);
+    Py_INCREF(self);
+    int keep = 0;
+    PyObject *r = PyObject_CallMethod(s->protocol, "eof_received", NULL);
+    if (r) {
+        keep = PyObject_IsTrue(r) > 0;
+        Py_DECREF(r);
+        PyErr_Clear();
+    } else {
+        report(self, "Fatal error: protocol.eof_received() call failed.", 1);
+    }
+    Py_DECREF(self);
+    return keep;
+}
+
+static void release_buf(tr *s)
+{
+    if (s->has_buf) {
+        s->has_buf = 0;
+        PyBuffer_Release(&s->buf);
+    }
+}
+
+static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
+{
+    (void)t;
+    PyObject *self = ud; /* the reference the core held: dropped below */
+    tr *s = TR(self);
+    s->lost = 1;
+    release_buf(s);
+    PyObject *exc = s->lost_exc;
+    s->lost_exc = NULL;
+    if (!exc && error)
+        exc = gflpy_exception_from_value(error);
+    if (!exc) {
+        PyErr_Clear();
+        exc = Py_None;
+        Py_INCREF(exc);
+    }
+    if (s->waiter) {
+        /* Lost before connection_made: the waiter must not hang. */
+        Py_CLEAR(s->waiter);
+    }
+    PyObject *r = s->protocol ? PyObject_CallMethod(s->protocol, "connection_lost", "O", exc) : Py_None;
+    if (r == Py_None && !s->protocol)
+        Py_INCREF(r);
+    Py_DECREF(exc);
+    if (r)
+        Py_DECREF(r);
+    else
+        gflpy_loop_report(s->loop, NULL);
+    if (s->sock) {
+        r = PyObject_CallMethod(s->sock, "close", NULL);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_Clear();
+    }
+    if (s->server) {
+        PyObject *srv = s->server;
+        s->server = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+        r = PyObject_CallMethod(srv, "_detach", "O", self);
+#else
+        r = PyObject_CallMethod(srv, "_detach", NULL);
+#endif
+        Py_DECREF(srv);
+        if (r)
+            Py_DECREF(r);
+        else
+            gflpy_loop_report(s->loop, NULL);
+    }
+    Py_CLEAR(s->m_data_received);
+    Py_CLEAR(s->m_get_buffer);
+    Py_CLEAR(s->m_buffer_updated);
+    Py_DECREF(self);
+}
+
+static void p_pause_writing(gfl_transport *t, void *ud)
+{
+    (void)t;
+    PyObject *self = ud;
+    TR(self)->protocol_paused = 1;
+    PyObject *r = PyObject_CallMethod(TR(self)->protocol, "pause_writing", NULL);
+    if (r)
+        Py_DECREF(r);
+    else
+        report(self, "protocol.pause_writing() failed", 0);
+}
+
+static void p_resume_writing(gfl_transport *t, void *ud)
+{
+    (void)t;
+    PyObject *self = ud;
+    TR(self)->protocol_paused = 0;
+    PyObject *r = PyObject_CallMethod(TR(self)->protocol, "resume_writing", NULL);
+    if (r)
+        Py_DECREF(r);
+    else
+        report(self, "protocol.resume_writing() failed", 0);
+}
+
+static void *p_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
+{
+    (void)t;
+    (void)hint;
+    PyObject *self = ud;
+    tr *s = TR(self);
+    release_buf(s);
+    PyObject *b = s->m_get_buffer ? PyObject_CallFunction(s->m_get_buffer, "i", -1) : NULL;
+    if (b) {
+        int rc = PyObject_GetBuffer(b, &s->buf, PyBUF_WRITABLE);
+        Py_DECREF(b);
+        if (rc == 0) {
+            s->has_buf = 1;
+            if (s->buf.len > 0) {
+                *size = (size_t)s->buf.len;
+                return s->buf.buf;
+            }
+            release_buf(s);
+            PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+        }
+    }
+    if (PyErr_Occurred()) {
+        /* asyncio reports it and closes with this exception. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        Py_XINCREF(value);
+        PyErr_Restore(type, value, tb);
+        report(self, "Fatal error: protocol.get_buffer() call failed.", 1);
+        if (value && !s->lost_exc)
+            s->lost_exc = value;
+        else
+            Py_XDECREF(value);
+    }
+    return NULL;
+}
+
+static void p_buffer_updated(gfl_transport *t, size_t n, void *ud)
+{
+    (void)t;
+    PyObject *self = ud;
+    tr *s = TR(self);
+    release_buf(s);
+    if (!s->m_buffer_updated)
+        return;
+    Py_INCREF(self);
+    PyObject *r = PyObject_CallFunction(s->m_buffer_updated, "n", (Py_ssize_t)n);
+    if (r)
+        Py_DECREF(r);
+    else
+        report(self, "Fatal error: protocol.buffer_updated() call failed.", 1);
+    Py_DECREF(self);
+}
+
+static const gfl_protocol plain_proto = {
+    .size = sizeof(gfl_protocol),
+    .connection_made = p_connection_made,
+    .data_received = p_data_received,
+    .eof_received = p_eof_received,
+    .connection_lost = p_connection_lost,
+    .pause_writing = p_pause_writing,
+    .resume_writing = p_resume_writing,
+};
+
+static const gfl_protocol buffered_proto = {
+    .size = sizeof(gfl_protocol),
+    .connection_made = p_connection_made,
+    .eof_received = p_eof_received,
+    .connection_lost = p_connection_lost,
+    .pause_writing = p_pause_writing,
+    .resume_writing = p_resume_writing,
+    .get_buffer = p_get_buffer,
+    .buffer_updated = p_buffer_updated,
+};
+
+static int factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void **ud)
+{
+    PyObject *self = fud;
+    tr *s = TR(self);
+    s->t = API->transport_ref(t);
+    *proto = s->buffered ? &buffered_proto : &plain_proto;
+    Py_INCREF(self); /* held by the core until connection_lost */
+    *ud = self;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Creation                                                            */
+
+/* A transport object not yet bound to a core transport. `sock` (the
+ * Python socket) may be NULL: it is then made on demand from the fd. */
+static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject *sock, PyObject *extra, PyObject *waiter)
+{
+    PyTypeObject *tp = gflpy_StreamTransportType;
+    PyObject *self = tp->tp_alloc(tp, 0);
+    if (!self)
+        return NULL;
+    tr *s = TR(self);
+    s->sock_fd = -1;
+    Py_INCREF(loop);
+    s->loop = loop;
+    Py_XINCREF(sock);
+    s->sock = sock;
+    s->extra = PyDict_New();
+    if (!s->extra || (extra && extra != Py_None && PyDict_Update(s->extra, extra) < 0))
+        goto fail;
+    Py_INCREF(s->extra);
+    Py_XSETREF(GFLPY_SLOT(self, extra_off), s->extra);
+    if (bind_protocol(self, protocol) < 0)
+        goto fail;
+    if (waiter && waiter != Py_None) {
+        Py_INCREF(waiter);
+        s->waiter = waiter;
+    }
+    return self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* The asyncio Server that owns the connection: Server._attach(). */
+static int attach_server(PyObject *self, PyObject *server)
+{
+    if (!server || server == Py_None)
+        return 0;
+    Py_INCREF(server);
+    TR(self)->server = server;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *r = PyObject_CallMethod(server, "_attach", "O", self);
+#else
+    PyObject *r = PyObject_CallMethod(server, "_attach", NULL);
+#endif
+    if (!r) {
+        Py_CLEAR(TR(self)->server);
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* A socket address as the socket module returns it: (host, port) for
+ * IPv4, (host, port, flowinfo, scope_id) for IPv6, the path for Unix
+ * sockets (bytes for abstract names, '' when unnamed). NULL: unknown. */
+static PyObject *sockaddr_to_py(const struct sockaddr *sa, size_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const void *)sa;
+        if (!inet_ntop(AF_INET, &in->sin_addr, host, sizeof host))
+            return NULL;
+        return Py_BuildValue("(si)", host, ntohs(in->sin_port));
+    }
+    if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        if (!inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host))
+            return NULL;
+        return Py_BuildValue("(siII)", host, ntohs(in6->sin6_port), (unsigned)ntohl(in6->sin6_flowinfo),
+                             (unsigned)in6->sin6_scope_id);
+    }
+    if (sa->sa_family == AF_UNIX) {
+        const struct sockaddr_un *un = (const void *)sa;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        if (len <= off)
+            return PyUnicode_FromString("");
+        size_t n = len - off;
+        if (un->sun_path[0] == '\0')
+            return PyBytes_FromStringAndSize(un->sun_path, (Py_ssize_t)n);
+        return PyUnicode_DecodeFSDefaultAndSize(un->sun_path, (Py_ssize_t)strnlen(un->sun_path, n));
+    }
+    return NULL;
+}
+
+/* asyncio fills sockname/peername when a transport is made: they must
+ * still answer once the connection is closed. */
+static int fill_addresses(PyObject *self, gfl_transport *t)
+{
+    static const char *const names[2] = {"sockname", "peername"};
+    tr *s = TR(self);
+    for (int peer = 0; peer < 2; peer++) {
+        if (PyDict_GetItemString(s->extra, names[peer]))
+            continue; /* given by the caller (asyncio passes peername) */
+        struct sockaddr_storage ss;
+        size_t len = sizeof ss;
+        PyObject *v = NULL;
+        if (API->transport_get_sockaddr(t, peer, &ss, &len) == 0)
+            v = sockaddr_to_py((struct sockaddr *)&ss, len);
+        if (!v && PyErr_Occurred())
+            PyErr_Clear();
+        if (PyDict_SetItemString(s->extra, names[peer], v ? v : Py_None) < 0) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        Py_XDECREF(v);
+    }
+    return 0;
+}
+
+int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *protocol, PyObject *server,
+                             const gfl_protocol **proto, void **ud)
+{
+    if (!gflpy_StreamTransportType) {
+        PyErr_SetString(PyExc_RuntimeError, "globeflower._core not set up");
+        return -1;
+    }
+    PyObject *self = transport_alloc(loop, protocol, NULL, NULL, NULL);
+    if (!self)
+        return -1;
+    if (fill_addresses(self, t) < 0 || attach_server(self, server) < 0) {
+        Py_DECREF(self);
+        return -1;
+    }
+    factory(self, t, proto, ud); /* the core now holds `self` */
+    Py_DECREF(self);
+    return 0;
+}
+
+/* Fails with the core future's error, or a generic one. */
+static int check_open_future(gfl_future *f)
+{
+    if (!f) {
+        PyErr_SetString(PyExc_OSError, "globeflower: cannot make a transport on this file descriptor");
+        return -1;
+    }
+    if (API->future_state_of(f) == GFL_FUTURE_ERROR) {
+        PyObject *e = gflpy_exception_from_value(API->future_value(f));
+        API->future_unref(f);
+        if (e) {
+            PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+            Py_DECREF(e);
+        }
+        return -1;
+    }
+    API->future_unref(f);
+    return 0;
+}
+
+/* loop._make_read_pipe_transport / _make_write_pipe_transport(pipe,
+ * protocol, waiter=None, extra=None): asyncio's pipe transports (also used
+ * for a subprocess's stdin/stdout/stderr) on the core's. The core gets a
+ * dup() of the fd; the pipe object is get_extra_info('pipe') and is closed
+ * after connection_lost, as asyncio does. */
+static PyObject *make_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw, int write)
+{
+    static char *kwlist[] = {"pipe", "protocol", "waiter", "extra", NULL};
+    PyObject *pipe, *protocol, *waiter = Py_None, *extra = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OO", kwlist, &pipe, &protocol, &waiter, &extra))
+        return NULL;
+    if (!gflpy_StreamTransportType)
+        return PyErr_Format(PyExc_RuntimeError, "globeflower._core not set up");
+    if (loop->closed || !loop->core)
+        return gflpy_raise(GFL_ECLOSED);
+    int pfd = PyObject_AsFileDescriptor(pipe);
+    if (pfd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(pfd, &st) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
+        return PyErr_Format(PyExc_ValueError, "Pipe transport is only for pipes, sockets and character devices");
+    PyObject *self = transport_alloc(loop, protocol, pipe, extra, waiter);
+    if (!self)
+        return NULL;
+    tr *s = TR(self);
+    s->is_pipe = 1;
+    s->sock_fd = pfd;
+    if (PyDict_SetItemString(s->extra, "pipe", pipe) < 0)
+        goto fail;
+    int fd = dup(pfd);
+    if (fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    gfl_future *f = write ? API->connect_write_pipe(loop->core, factory, self, NULL, fd)
+                          : API->connect_read_pipe(loop->core, factory, self, NULL, fd);
+    if (!f)
+        close(fd);
+    if (check_open_future(f) < 0)
+        goto fail;
+    return self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyObject *gflpy_make_read_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw)
+{
+    return make_pipe_transport(loop, args, kw, 0);
+}
+
+PyObject *gflpy_make_write_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw)
+{
+    return make_pipe_transport(loop, args, kw, 1);
+}
+
+PyObject *gflpy_make_socket_transport(gflpy_loop *loop, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *names[] = {"sock", "protocol", "waiter", "extra", "server"};
+    PyObject *a[5] = {NULL, NULL, Py_None, Py_None, Py_None};
+    if (nargs > 5)
+        return PyErr_Format(PyExc_TypeError, "_make_socket_transport: too many arguments");
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        a[i] = args[i];
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        int j;
+        for (j = 0; j < 5; j++)
+            if (PyUnicode_CompareWithASCIIString(k, names[j]) == 0)
+                break;
+        if (j == 5)
+            return PyErr_Format(PyExc_TypeError, "_make_socket_transport: unexpected keyword %U", k);
+        a[j] = args[nargs + i];
+    }
+    if (!a[0] || !a[1])
+        return PyErr_Format(PyExc_TypeError, "_make_socket_transport needs sock and protocol");
+    if (!gflpy_StreamTransportType)
+        return PyErr_Format(PyExc_RuntimeError, "globeflower._core not set up");
+    if (loop->closed || !loop->core)
+        return gflpy_raise(GFL_ECLOSED);
+
+    int sfd = PyObject_AsFileDescriptor(a[0]);
+    if (sfd < 0)
+        return NULL;
+    PyObject *self = transport_alloc(loop, a[1], a[0], a[3], a[2]);
+    if (!self)
+        return NULL;
+    tr *s = TR(self);
+    s->sock_fd = sfd;
+    /* asyncio's loop._transports: fd -> transport, for the "fd in use"
+     * checks of add_reader & co. */
+    PyObject *reg = PyObject_GetAttrString((PyObject *)loop, "_transports");
+    if (reg) {
+        PyObject *key = PyLong_FromLong(sfd);
+        int rc = key ? PyObject_SetItem(reg, key, self) : -1;
+        Py_XDECREF(key);
+        Py_DECREF(reg);
+        if (rc < 0)
+            goto fail;
+    } else {
+        PyErr_Clear();
+    }
+    int fd = dup(sfd);
+    if (fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    gfl_future *f = API->connect_socket(loop->core, factory, self, NULL, fd);
+    if (!f) {
+        close(fd);
+        PyErr_SetString(PyExc_OSError, "globeflower: cannot make a transport on this socket");
+        goto fail;
+    }
+    if (API->future_state_of(f) == GFL_FUTURE_ERROR) {
+        PyObject *e = gflpy_exception_from_value(API->future_value(f));
+        API->future_unref(f);
+        if (e) {
+            PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+            Py_DECREF(e);
+        }
+        goto fail;
+    }
+    API->future_unref(f);
+    if ((s->t && fill_addresses(self, s->t) < 0) || attach_server(self, a[4]) < 0)
+        goto fail;
+    return self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Methods                                                             */
+
+static int closed_check(tr *s)
+{
+    return !s->t || s->lost;
+}
+
+static PyObject *t_write(PyObject *self, PyObject *data)
+{
+    tr *s = TR(self);
+    if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data))
+        return PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'",
+                            Py_TYPE(data)->tp_name);
+    if (s->eof)
+        return PyErr_Format(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    if (s->dict) {
+        /* loop.sendfile() owns the socket meanwhile (see _loop.py) */
+        PyObject *w = PyDict_GetItemString(s->dict, "_empty_waiter");
+        if (w && w != Py_None)
+            return PyErr_Format(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+    }
+    int rc;
+    if (PyBytes_Check(data)) {
+        if (PyBytes_GET_SIZE(data) == 0 || closed_check(s))
+            Py_RETURN_NONE;
+        rc = API->transport_write(s->t, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+    } else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if (view.len == 0 || closed_check(s)) {
+            PyBuffer_Release(&view);
+            Py_RETURN_NONE;
+        }
+        rc = API->transport_write(s->t, view.buf, (size_t)view.len);
+        PyBuffer_Release(&view);
+    }
+    if (rc == GFL_ESTATE)
+        return PyErr_Format(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    /* Closed or lost: asyncio drops the data silently; a socket error is
+     * reported through connection_lost. */
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_writelines(PyObject *self, PyObject *seq)
+{
+    tr *s = TR(self);
+    if (s->eof)
+        return PyErr_Format(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    PyObject *fast = PySequence_Fast(seq, "writelines() needs an iterable of bytes-like objects");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Py_buffer *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof *views);
+    gfl_iovec *iov = PyMem_Calloc(n ? (size_t)n : 1, sizeof *iov);
+    Py_ssize_t got = 0;
+    PyObject *ret = NULL;
+    if (!views || !iov) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (; got < n; got++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, got);
+        if (!PyBytes_Check(item) && !PyByteArray_Check(item) && !PyMemoryView_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'",
+                         Py_TYPE(item)->tp_name);
+            goto out;
+        }
+        if (PyObject_GetBuffer(item, &views[got], PyBUF_SIMPLE) < 0)
+            goto out;
+        iov[got].base = views[got].buf;
+        iov[got].len = (size_t)views[got].len;
+    }
+    if (!closed_check(s)) {
+        /* The core takes at most IOV_MAX-ish chunks per call: feed slices. */
+        for (Py_ssize_t i = 0; i < n; i += 512) {
+            int cnt = (int)(n - i < 512 ? n - i : 512);
+            int rc = API->transport_writev(s->t, iov + i, cnt);
+            if (rc < 0)
+                break;
+        }
+    }
+    Py_INCREF(Py_None);
+    ret = Py_None;
+out:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(iov);
+    Py_DECREF(fast);
+    return ret;
+}
+
+static PyObject *t_write_eof(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (closed_check(s) || s->eof)
+        Py_RETURN_NONE;
+    if (API->transport_is_closing(s->t) == 1)
+        Py_RETURN_NONE;
+    s->eof = 1;
+    int rc = API->transport_write_eof(s->t);
+    if (rc < 0 && rc != GFL_ECLOSED)
+        return gflpy_raise(rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_can_write_eof(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (closed_check(s))
+        Py_RETURN_TRUE;
+    return PyBool_FromLong(API->transport_can_write_eof(s->t) == 1);
+}
+
+static PyObject *t_close(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (!closed_check(s))
+        API->transport_close(s->t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_abort(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (!closed_check(s))
+        API->transport_abort(s->t);
+    Py_RETURN_NONE;
+}
+
+/* asyncio's _force_close(exc): abort, handing `exc` to connection_lost. */
+static PyObject *t_force_close(PyObject *self, PyObject *exc)
+{
+    tr *s = TR(self);
+    if (closed_check(s))
+        Py_RETURN_NONE;
+    if (exc != Py_None && !s->lost_exc && API->transport_is_closing(s->t) != 1) {
+        Py_INCREF(exc);
+        s->lost_exc = exc;
+    }
+    API->transport_abort(s->t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_is_closing(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (closed_check(s))
+        Py_RETURN_TRUE;
+    return PyBool_FromLong(API->transport_is_closing(s->t) != 0);
+}
+
+static PyObject *t_pause_reading(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (!closed_check(s))
+        API->transport_pause_reading(s->t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_resume_reading(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (!closed_check(s) && API->transport_is_closing(s->t) != 1)
+        API->transport_resume_reading(s->t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_is_reading(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    if (closed_check(s) || API->transport_is_closing(s->t) == 1)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(API->transport_is_reading(s->t) == 1);
+}
+
+static PyObject *t_set_write_buffer_limits(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *ho = Py_None, *lo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &ho, &lo))
+        return NULL;
+    long long high = -1, low = -1;
+    if (ho != Py_None && (high = PyLong_AsLongLong(ho)) == -1 && PyErr_Occurred())
+        return NULL;
+    if (lo != Py_None && (low = PyLong_AsLongLong(lo)) == -1 && PyErr_Occurred())
+        return NULL;
+    /* asyncio's defaults and check, for its exact error message. */
+    if (ho == Py_None)
+        high = lo == Py_None ? 64 * 1024 : 4 * low;
+    if (lo == Py_None)
+        low = high / 4;
+    if (!(high >= low && low >= 0))
+        return PyErr_Format(PyExc_ValueError, "high (%lld) must be >= low (%lld) must be >= 0", high, low);
+    tr *s = TR(self);
+    if (!closed_check(s)) {
+        int rc = API->transport_set_write_buffer_limits(s->t, high, low);
+        if (rc < 0)
+            return gflpy_raise(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_get_write_buffer_limits(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    size_t high = 64 * 1024, low = 16 * 1024;
+    if (!closed_check(s))
+        API->transport_get_write_buffer_limits(s->t, &high, &low);
+    return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+}
+
+static PyObject *t_get_write_buffer_size(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    int64_t n = closed_check(s) ? 0 : API->transport_get_write_buffer_size(s->t);
+    return PyLong_FromLongLong(n < 0 ? 0 : n);
+}
+
+/* Lazily computed: most connections never ask. */
+/* A Python socket for a transport the core accepted: a dup() of its fd,
+ * closed after connection_lost like a user's socket. */
+static int make_sock(tr *s)
+{
+    if (s->sock)
+        return 0;
+    if (closed_check(s))
+        return -1;
+    int cfd = API->transport_fileno(s->t);
+    int fd = cfd >= 0 ? dup(cfd) : -1;
+    if (fd < 0)
+        return -1;
+    PyObject *mod = PyImport_ImportModule("socket");
+    /* family/type/proto -1: read from the fd, as socket.socket(fileno=) does */
+    PyObject *sock = mod ? PyObject_CallMethod(mod, "socket", "iiii", -1, -1, -1, fd) : NULL;
+    Py_XDECREF(mod);
+    if (!sock) {
+        close(fd);
+        PyErr_Clear();
+        return -1;
+    }
+    s->sock = sock;
+    return 0;
+}
+
+static PyObject *lazy_extra(PyObject *self, PyObject *name)
+{
+    tr *s = TR(self);
+    if (s->is_pipe || make_sock(s) < 0)
+        return NULL;
+    PyObject *v = NULL;
+    if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
+        v = PyObject_CallOneArg(gflpy.TransportSocket, s->sock);
+    } else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
+        v = PyObject_CallMethod(s->sock, "getsockname", NULL);
+    } else if (PyUnicode_CompareWithASCIIString(name, "peername") == 0) {
+        v = PyObject_CallMethod(s->sock, "getpeername", NULL);
+    } else {
+        return NULL;
+    }
+    if (!v) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            return NULL;
+        PyErr_Clear();
+        v = Py_None;
+        Py_INCREF(v);
+    }
+    if (PyDict_SetItem(s->extra, name, v) < 0) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+static PyObject *t_get_extra_info(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", "default", NULL};
+    PyObject *name, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get_extra_info", kwlist, &name, &dflt))
+        return NULL;
+    tr *s = TR(self);
+    PyObject *v = s->extra ? PyDict_GetItemWithError(s->extra, name) : NULL;
+    if (v) {
+        Py_INCREF(v);
+        return v;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    if (PyUnicode_Check(name) && !s->lost) {
+        v = lazy_extra(self, name);
+        if (v)
+            return v;
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    Py_INCREF(dflt);
+    return dflt;
+}
+
+static PyObject *t_set_protocol(PyObject *self, PyObject *protocol)
+{
+    tr *s = TR(self);
+    if (bind_protocol(self, protocol) < 0)
+        return NULL;
+    if (!closed_check(s)) {
+        int rc = API->transport_set_protocol(s->t, s->buffered ? &buffered_proto : &plain_proto, self);
+        if (rc < 0 && rc != GFL_ECLOSED)
+            return gflpy_raise(rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *t_get_protocol(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    tr *s = TR(self);
+    PyObject *p = s->protocol ? s->protocol : Py_None;
+    Py_INCREF(p);
+    return p;
+}
+
+static PyObject *t_repr(PyObject *self)
+{
+    tr *s = TR(self);
+    const char *state = closed_check(s) ? "closed" : (API->transport_is_closing(s->t) == 1 ? "closing" : "open");
+    int fd = closed_check(s) ? -1 : API->transport_fileno(s->t);
+    long long buf = closed_check(s) ? 0 : (long long)API->transport_get_write_buffer_size(s->t);
+    return PyUnicode_FromFormat("<%s fd=%d %s bufsize=%lld>", Py_TYPE(self)->tp_name, fd, state, buf);
+}
+
+/* Private attributes some asyncio internals read. */
+static PyObject *get_loop_attr(PyObject *self, void *c)
+{
+    (void)c;
+    tr *s = TR(self);
+    PyObject *l = s->lost || !s->loop ? Py_None : (PyObject *)s->loop;
+    Py_INCREF(l);
+    return l;
+}
+
+static PyObject *get_sock_attr(PyObject *self, void *c)
+{
+    (void)c;
+    tr *s = TR(self);
+    if (s->is_pipe)
+        Py_RETURN_NONE;
+    if (!s->lost)
+        make_sock(s);
+    PyObject *l = s->lost || !s->sock ? Py_None : s->sock;
+    Py_INCREF(l);
+    return l;
+}
+
+static PyObject *get_protocol_attr(PyObject *self, void *c)
+{
+    return t_get_protocol(self, c);
+}
+
+static PyObject *get_protocol_paused_attr(PyObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(TR(self)->protocol_paused);
+}
+
+static PyObject *get_sock_fd_attr(PyObject *self, void *c)
+{
+    (void)c;
+    tr *s = TR(self);
+    if (s->sock_fd < 0 && make_sock(s) == 0)
+        s->sock_fd = PyObject_AsFileDescriptor(s->sock);
+    if (s->sock_fd < 0)
+        PyErr_Clear();
+    return PyLong_FromLong(s->sock_fd);
+}
+
+static PyGetSetDef t_getset[] = {
+    {"_loop", get_loop_attr, NULL, NULL, NULL},
+    {"_sock", get_sock_attr, NULL, NULL, NULL},
+    {"_protocol", get_protocol_attr, NULL, NULL, NULL},
+    {"_sock_fd", get_sock_fd_attr, NULL, NULL, NULL},
+    {"_protocol_paused", get_protocol_paused_attr, NULL, NULL, NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef t_methods[] = {
+    {"write", t_write, METH_O, NULL},
+    {"writelines", t_writelines, METH_O, NULL},
+    {"write_eof", t_write_eof, METH_NOARGS, NULL},
+    {"can_write_eof", t_can_write_eof, METH_NOARGS, NULL},
+    {"close", t_close, METH_NOARGS, NULL},
+    {"abort", t_abort, METH_NOARGS, NULL},
+    {"_force_close", t_force_close, METH_O, NULL},
+    {"is_closing", t_is_closing, METH_NOARGS, NULL},
+    {"pause_reading", t_pause_reading, METH_NOARGS, NULL},
+    {"resume_reading", t_resume_reading, METH_NOARGS, NULL},
+    {"is_reading", t_is_reading, METH_NOARGS, NULL},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))t_set_write_buffer_limits, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_write_buffer_limits", t_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"get_write_buffer_size", t_get_write_buffer_size, METH_NOARGS, NULL},
+    {"get_extra_info", (PyCFunction)(void (*)(void))t_get_extra_info, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"set_protocol", t_set_protocol, METH_O, NULL},
+    {"get_protocol", t_get_protocol, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ------------------------------------------------------------------ */
+/* GC and deallocation                                                 */
+
+static int t_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    tr *s = TR(self);
+    Py_VISIT(Py_TYPE(self));
+    for (int i = 0; i < nbase_slots; i++)
+        Py_VISIT(GFLPY_SLOT(self, base_slots[i]));
+    Py_VISIT(s->loop);
+    Py_VISIT(s->protocol);
+    Py_VISIT(s->sock);
+    Py_VISIT(s->server);
+    Py_VISIT(s->waiter);
+    Py_VISIT(s->extra);
+    Py_VISIT(s->lost_exc);
+    Py_VISIT(s->m_data_received);
+    Py_VISIT(s->m_get_buffer);
+    Py_VISIT(s->m_buffer_updated);
+    Py_VISIT(s->dict);
+    return 0;
+}
+
+static int t_clear(PyObject *self)
+{
+    tr *s = TR(self);
+    for (int i = 0; i < nbase_slots; i++)
+        Py_CLEAR(GFLPY_SLOT(self, base_slots[i]));
+    Py_CLEAR(s->protocol);
+    Py_CLEAR(s->sock);
+    Py_CLEAR(s->server);
+    Py_CLEAR(s->waiter);
+    Py_CLEAR(s->extra);
+    Py_CLEAR(s->lost_exc);
+    Py_CLEAR(s->m_data_received);
+    Py_CLEAR(s->m_get_buffer);
+    Py_CLEAR(s->m_buffer_updated);
+    Py_CLEAR(s->dict);
+    return 0;
+}
+
+static void t_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tr *s = TR(self);
+    PyObject_GC_UnTrack(self);
+    if (s->weakreflist)
+        PyObject_ClearWeakRefs(self);
+    release_buf(s);
+    if (s->t) {
+        /* Unreachable while the core still calls us (it holds a reference
+         * until connection_lost), so this only drops our own. */
+        API->transport_unref(s->t);
+        s->t = NULL;
+    }
+    t_clear(self);
+    Py_CLEAR(s->loop);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ */
+/* Type creation (called from _setup with asyncio.Transport)            */
+
+static PyMemberDef t_members[3];
+
+int gflpy_transport_make_type(PyObject *base)
+{
+    if (gflpy_StreamTransportType)
+        return 0;
+    if (!PyType_Check(base)) {
+        PyErr_SetString(PyExc_TypeError, "Transport base must be a class");
+        return -1;
+    }
+    PyObject *d = PyObject_GetAttrString(base, "_extra");
+    if (!d)
+        return -1;
+    if (Py_TYPE(d) != &PyMemberDescr_Type) {
+        Py_DECREF(d);
+        PyErr_SetString(PyExc_TypeError, "asyncio.BaseTransport._extra is not a slot");
+        return -1;
+    }
+    extra_off = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    /* Collect the object slots of every class in the base's MRO. */
+    PyObject *mro = ((PyTypeObject *)base)->tp_mro;
+    for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *cd = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (cd && PyDict_Next(cd, &pos, &k, &v)) {
+            if (Py_TYPE(v) != &PyMemberDescr_Type)
+                continue;
+            PyMemberDef *md = ((PyMemberDescrObject *)v)->d_member;
+            if (md->type == T_OBJECT_EX && nbase_slots < MAX_BASE_SLOTS)
+                base_slots[nbase_slots++] = md->offset;
+        }
+    }
+    Py_ssize_t basesize = ((PyTypeObject *)base)->tp_basicsize;
+    tr_off = (basesize + (Py_ssize_t)_Alignof(max_align_t) - 1) & ~((Py_ssize_t)_Alignof(max_align_t) - 1);
+    t_members[0] = (PyMemberDef){"__dictoffset__", T_PYSSIZET, tr_off + offsetof(tr, dict), READONLY, NULL};
+    t_members[1] = (PyMemberDef){"__weaklistoffset__", T_PYSSIZET, tr_off + offsetof(tr, weakreflist), READONLY, NULL};
+    t_members[2] = (PyMemberDef){NULL, 0, 0, 0, NULL};
+    static PyType_Slot slots[] = {
+        {Py_tp_dealloc, t_dealloc},
+        {Py_tp_traverse, t_traverse},
+        {Py_tp_clear, t_clear},
+        {Py_tp_methods, t_methods},
+        {Py_tp_members, t_members},
+        {Py_tp_getset, t_getset},
+        {Py_tp_repr, t_repr},
+        {Py_tp_doc, "A stream transport (TCP or Unix socket) on the globeflower core."},
+        {0, NULL},
+    };
+    static PyType_Spec spec = {
+        "globeflower._core.StreamTransport", 0, 0,
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, slots,
+    };
+    spec.basicsize = (int)(tr_off + (Py_ssize_t)sizeof(tr));
+    PyObject *bases = PyTuple_Pack(1, base);
+    if (!bases)
+        return -1;
+    gflpy_StreamTransportType = (PyTypeObject *)PyType_FromSpecWithBases(&spec, bases);
+    Py_DECREF(bases);
+    /* No instances from Python: they are made by the loop. */
+    if (gflpy_StreamTransportType)
+        gflpy_StreamTransportType->tp_new = NULL;
+    return gflpy_StreamTransportType ? 0 : -1;
+}
+
+int gflpy_transport_init_type(PyObject *module)
+{
+    (void)module;
+    return 0;
+}

@@ -1,0 +1,372 @@
+/*
+ * The per-loop thread pool behind gfl_run_in_executor.
+ *
+ * Created on first use; up to loop->executor_threads workers are started as
+ * jobs arrive. Workers only touch jobs and the executor's lock: futures are
+ * loop-thread objects, so a finished job is handed back through
+ * gfl_call_soon_threadsafe, in batches (one wakeup drains every job finished
+ * meanwhile), and resolved on the loop thread.
+ *
+ * Ownership: every job lives in ex->jobs (loop thread only) from submission
+ * until it is freed, and is freed only from there, when both
+ *   - it is settled: its value was handed over or dropped and release(arg)
+ *     ran (on completion, or when its cancelled job was dropped), and
+ *   - our done callback on its future ran (it holds the job as its arg).
+ * gfl__executor_close frees whatever is left, so jobs whose completion
+ * callback is dropped with the closing loop's threadsafe queue do not leak.
+ *
+ * Cancellation: a cancelled future's done callback (loop thread) removes its
+ * job from the queue under the lock if no worker took it yet, and releases
+ * it. That is the "cancelled flag" a worker sees, made exact: a job is
+ * either still queued (then dropped) or already running (then it finishes
+ * and its value is dropped).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+
+enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_FINISHED, JOB_DROPPED };
+
+struct gfl_job {
+    gfl_work_fn work;
+    void *arg;
+    gfl_release_fn release;
+    gfl_future *future;  /* our reference */
+    gfl_value *result;   /* set by the worker (under the lock) */
+    int state;           /* enum job_state, under the lock */
+    bool settled;        /* loop thread: value handled, release ran */
+    bool cb_pending;     /* loop thread: our done callback may still run */
+    struct gfl_job *qnext, *qprev; /* queue or done list, under the lock */
+    struct gfl_job *next, *prev;   /* ex->jobs, loop thread */
+    struct gfl_executor *ex;
+};
+
+struct gfl_executor {
+    gfl_loop *loop;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t *threads;
+    unsigned nthreads, max_threads, idle; /* under the lock */
+    bool stopping;     /* under the lock */
+    bool post_pending; /* under the lock: a drain is on its way to the loop */
+    struct gfl_job *q_head, *q_tail; /* waiting for a worker */
+    size_t queued;
+    struct gfl_job *done_head, *done_tail; /* finished, not yet drained */
+    struct gfl_job *jobs; /* every live job (loop thread only) */
+    gfl_value *enomem;    /* the error for work() returning NULL */
+};
+
+/* ---- lists ---- */
+
+static void queue_unlink(struct gfl_executor *ex, struct gfl_job *j)
+{
+    if (j->qprev)
+        j->qprev->qnext = j->qnext;
+    else
+        ex->q_head = j->qnext;
+    if (j->qnext)
+        j->qnext->qprev = j->qprev;
+    else
+        ex->q_tail = j->qprev;
+    j->qnext = j->qprev = NULL;
+    ex->queued--;
+}
+
+static void queue_append(struct gfl_executor *ex, struct gfl_job *j)
+{
+    j->qnext = NULL;
+    j->qprev = ex->q_tail;
+    if (ex->q_tail)
+        ex->q_tail->qnext = j;
+    else
+        ex->q_head = j;
+    ex->q_tail = j;
+    ex->queued++;
+}
+
+static void jobs_unlink(struct gfl_executor *ex, struct gfl_job *j)
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        ex->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    j->next = j->prev = NULL;
+}
+
+/* ---- loop thread: settling and freeing jobs ---- */
+
+static void on_future_done(gfl_future *f, void *arg);
+
+static void maybe_free(struct gfl_job *j)
+{
+    if (!j->settled || j->cb_pending)
+        return;
+    struct gfl_executor *ex = j->ex;
+    jobs_unlink(ex, j);
+    gfl_future_unref(j->future);
+    gfl__free(ex->loop, j);
+}
+
+/* Hands the job's value to its future (unless it is done already: then the
+ * value is dropped) and releases the argument. */
+static void settle(struct gfl_job *j)
+{
+    gfl_value *v = j->result;
+    j->result = NULL;
+    if (j->state == JOB_FINISHED) {
+        if (!v)
+            v = gfl_value_ref(j->ex->enomem);
+        if (gfl_future_state_of(j->future) == GFL_FUTURE_PENDING) {
+            if (gfl_value_type_of(v) == GFL_VALUE_ERROR)
+                (void)gfl_future_set_error(j->future, v);
+            else
+                (void)gfl_future_set_result(j->future, v);
+        }
+    }
+    gfl_value_unref(v);
+    j->settled = true;
+    if (j->release)
+        j->release(j->arg);
+}
+
+static void on_future_done(gfl_future *f, void *arg)
+{
+    struct gfl_job *j = arg;
+    struct gfl_executor *ex = j->ex;
+    j->cb_pending = false;
+    if (gfl_future_state_of(f) == GFL_FUTURE_CANCELLED) {
+        pthread_mutex_lock(&ex->lock);
+        bool dropped = j->state == JOB_QUEUED;
+        if (dropped) {
+            queue_unlink(ex, j);
+            j->state = JOB_DROPPED;
+        }
+        pthread_mutex_unlock(&ex->lock);
+        if (dropped)
+            settle(j);
+    }
+    maybe_free(j);
+}
+
+/* Threadsafe callback: resolves every job finished since the last drain.
+ * Its arg is the loop, not the executor, so that it can never see a freed
+ * executor. */
+static void on_completions(void *arg)
+{
+    gfl_loop *loop = arg;
+    struct gfl_executor *ex = loop->executor;
+    if (!ex)
+        return;
+    pthread_mutex_lock(&ex->lock);
+    struct gfl_job *j = ex->done_head;
+    ex->done_head = ex->done_tail = NULL;
+    ex->post_pending = false;
+    pthread_mutex_unlock(&ex->lock);
+    while (j) {
+        struct gfl_job *next = j->qnext;
+        j->qnext = j->qprev = NULL;
+        settle(j);
+        maybe_free(j);
+        j = next;
+    }
+}
+
+/* ---- workers ---- */
+
+/* Asks the loop to drain finished jobs. Out of memory is retried (nothing
+ * else would ever deliver them); a closing loop is left to
+ * gfl__executor_close, which frees what is left. */
+static void post_completions(struct gfl_executor *ex)
+{
+    for (;;) {
+        int rc = gfl_call_soon_threadsafe(ex->loop, on_completions, ex->loop);
+        if (rc != GFL_ENOMEM)
+            return;
+        pthread_mutex_lock(&ex->lock);
+        bool stop = ex->stopping;
+        pthread_mutex_unlock(&ex->lock);
+        if (stop)
+            return;
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct gfl_executor *ex = arg;
+    pthread_mutex_lock(&ex->lock);
+    for (;;) {
+        while (!ex->stopping && !ex->q_head) {
+            ex->idle++;
+            pthread_cond_wait(&ex->cond, &ex->lock);
+            ex->idle--;
+        }
+        if (ex->stopping)
+            break; /* queued jobs are dropped by gfl__executor_close */
+        struct gfl_job *j = ex->q_head;
+        queue_unlink(ex, j);
+        j->state = JOB_RUNNING;
+        pthread_mutex_unlock(&ex->lock);
+
+        gfl_value *v = j->work(j->arg);
+
+        pthread_mutex_lock(&ex->lock);
+        j->result = v;
+        j->state = JOB_FINISHED;
+        j->qnext = NULL;
+        j->qprev = ex->done_tail;
+        if (ex->done_tail)
+            ex->done_tail->qnext = j;
+        else
+            ex->done_head = j;
+        ex->done_tail = j;
+        if (!ex->post_pending) {
+            ex->post_pending = true;
+            pthread_mutex_unlock(&ex->lock);
+            post_completions(ex);
+            pthread_mutex_lock(&ex->lock);
+        }
+    }
+    pthread_mutex_unlock(&ex->lock);
+    return NULL;
+}
+
+/* Under the lock. Workers block every signal: signals belong to the loop
+ * (signals.c), never to a pool thread in the middle of someone's work. */
+static int spawn_worker(struct gfl_executor *ex)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&ex->threads[ex->nthreads], NULL, worker_main, ex);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        return rc == EAGAIN ? GFL_EAGAIN : GFL_ENOMEM;
+    ex->nthreads++;
+    return GFL_OK;
+}
+
+static struct gfl_executor *get_executor(gfl_loop *loop)
+{
+    if (loop->executor)
+        return loop->executor;
+    struct gfl_executor *ex = gfl__calloc(loop, 1, sizeof *ex);
+    if (!ex)
+        return NULL;
+    ex->loop = loop;
+    ex->max_threads = loop->executor_threads ? loop->executor_threads : 4;
+    ex->threads = gfl__calloc(loop, ex->max_threads, sizeof *ex->threads);
+    ex->enomem = gfl_value_error(GFL_ENOMEM, "MemoryError", "the work function returned no value", NULL);
+    if (!ex->threads || !ex->enomem)
+        goto fail;
+    if (pthread_mutex_init(&ex->lock, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&ex->cond, NULL) != 0) {
+        pthread_mutex_destroy(&ex->lock);
+        goto fail;
+    }
+    loop->executor = ex;
+    return ex;
+
+fail:
+    gfl_value_unref(ex->enomem);
+    gfl__free(loop, ex->threads);
+    gfl__free(loop, ex);
+    return NULL;
+}
+
+/* NULL on failure; then release(arg) is not called (the caller still owns
+ * arg). */
+GFL_EXPORT gfl_future *gfl_run_in_executor(gfl_loop *loop, gfl_work_fn work, void *arg, gfl_release_fn release)
+{
+    if (gfl__check_loop(loop) < 0 || !work)
+        return NULL;
+    struct gfl_executor *ex = get_executor(loop);
+    if (!ex)
+        return NULL;
+    struct gfl_job *j = gfl__calloc(loop, 1, sizeof *j);
+    if (!j)
+        return NULL;
+    gfl_future *f = gfl_future_new(loop);
+    if (!f)
+        goto fail_job;
+    if (gfl_future_add_done_callback(f, on_future_done, j) < 0)
+        goto fail_future;
+    j->work = work;
+    j->arg = arg;
+    j->release = release;
+    j->future = gfl_future_ref(f);
+    j->cb_pending = true;
+    j->ex = ex;
+    j->state = JOB_QUEUED;
+
+    pthread_mutex_lock(&ex->lock);
+    queue_append(ex, j);
+    if (ex->queued > ex->idle && ex->nthreads < ex->max_threads &&
+        spawn_worker(ex) < 0 && ex->nthreads == 0) {
+        queue_unlink(ex, j); /* no worker at all: fail now, not hang */
+        pthread_mutex_unlock(&ex->lock);
+        gfl_future_remove_done_callback(f, on_future_done, j);
+        gfl_future_unref(j->future);
+        goto fail_future;
+    }
+    pthread_cond_signal(&ex->cond);
+    pthread_mutex_unlock(&ex->lock);
+
+    j->next = ex->jobs;
+    if (ex->jobs)
+        ex->jobs->prev = j;
+    ex->jobs = j;
+    return f;
+
+fail_future:
+    gfl_future_unref(f);
+fail_job:
+    gfl__free(loop, j);
+    return NULL;
+}
+
+/* Loop closing (loop->closed is already set, so no new jobs and no more
+ * threadsafe deliveries): running jobs finish, queued ones are dropped,
+ * every job left is released and freed, whatever stage it reached. */
+void gfl__executor_close(gfl_loop *loop)
+{
+    struct gfl_executor *ex = loop->executor;
+    if (!ex)
+        return;
+    pthread_mutex_lock(&ex->lock);
+    ex->stopping = true;
+    pthread_cond_broadcast(&ex->cond);
+    pthread_mutex_unlock(&ex->lock);
+    for (unsigned i = 0; i < ex->nthreads; i++)
+        pthread_join(ex->threads[i], NULL);
+
+    /* Single-threaded from here. A finished job's value is dropped: its
+     * future would schedule callbacks on a closed loop. */
+    while (ex->jobs) {
+        struct gfl_job *j = ex->jobs;
+        jobs_unlink(ex, j);
+        if (!j->settled) {
+            gfl_value_unref(j->result);
+            j->result = NULL;
+            j->settled = true;
+            if (j->release)
+                j->release(j->arg);
+        }
+        if (j->cb_pending) /* the future may outlive us: forget the job */
+            (void)gfl_future_remove_done_callback(j->future, on_future_done, j);
+        gfl_future_unref(j->future);
+        gfl__free(loop, j);
+    }
+    loop->executor = NULL;
+    gfl_value_unref(ex->enomem);
+    pthread_cond_destroy(&ex->cond);
+    pthread_mutex_destroy(&ex->lock);
+    gfl__free(loop, ex->threads);
+    gfl__free(loop, ex);
+}

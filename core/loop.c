@@ -1,0 +1,499 @@
+/*
+ * The loop: lifecycle, one iteration with asyncio's semantics, run/stop,
+ * the per-thread current loop, the exception handler and debug mode.
+ *
+ * One iteration = poll I/O (timeout 0 when callbacks are ready or a stop is
+ * pending, else until the next timer) -> move due timers to the ready queue
+ * -> run exactly the callbacks that were ready when this phase began.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+static _Thread_local gfl_loop *current_loop;
+
+static pthread_once_t library_once = PTHREAD_ONCE_INIT;
+static int library_init_result;
+
+/* libevent keeps process-wide state (signal ownership); make it thread-aware
+ * once. Our own bases are created NOLOCK: each is used by one thread. */
+static void library_init(void)
+{
+    library_init_result = evthread_use_pthreads();
+}
+
+double gfl__monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *default_realloc(void *ud, void *ptr, size_t size)
+{
+    (void)ud;
+    if (size == 0) {
+        free(ptr);
+        return NULL;
+    }
+    return realloc(ptr, size);
+}
+
+int gfl__check_loop(const gfl_loop *loop)
+{
+    if (!loop)
+        return GFL_EINVAL;
+    if (loop->closed)
+        return GFL_ECLOSED;
+    if (!pthread_equal(loop->owner, pthread_self()))
+        return GFL_EWRONGTHREAD;
+    return GFL_OK;
+}
+
+/* Whether `opts` (of the caller's size) contains `field`. */
+#define HAS_OPTION(opts, field) \
+    ((opts)->size >= offsetof(gfl_loop_options, field) + sizeof((opts)->field))
+
+static void poll_timeout_fired(evutil_socket_t fd, short what, void *arg)
+{
+    /* Only there to end the poll; the iteration does the work. */
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
+{
+    gfl_realloc_fn ralloc = default_realloc;
+    void *ralloc_ud = NULL;
+    unsigned threads = 4;
+    int debug = 0;
+    double slow = 0.1;
+
+    if (opts) {
+        if (opts->size < sizeof(size_t))
+            return NULL;
+        if (HAS_OPTION(opts, realloc) && opts->realloc) {
+            ralloc = opts->realloc;
+            if (HAS_OPTION(opts, realloc_ud))
+                ralloc_ud = opts->realloc_ud;
+        }
+        if (HAS_OPTION(opts, executor_threads) && opts->executor_threads)
+            threads = opts->executor_threads;
+        if (HAS_OPTION(opts, debug))
+            debug = opts->debug;
+        if (HAS_OPTION(opts, slow_callback_duration)) {
+            double d = opts->slow_callback_duration;
+            if (isnan(d) || d < 0)
+                return NULL;
+            if (d > 0)
+                slow = d;
+        }
+        if (threads > 1024)
+            return NULL;
+    }
+
+    pthread_once(&library_once, library_init);
+    if (library_init_result != 0)
+        return NULL;
+
+    gfl_loop *loop = ralloc(ralloc_ud, NULL, sizeof *loop);
+    if (!loop)
+        return NULL;
+    memset(loop, 0, sizeof *loop);
+    loop->realloc = ralloc;
+    loop->realloc_ud = ralloc_ud;
+    loop->owner = pthread_self();
+    loop->refs = 1;
+    loop->memrefs = 1;
+    loop->free_head = GFL_NO_SLOT;
+    loop->wake_fd = -1;
+    loop->backend_fd = -1;
+    loop->debug = debug != 0;
+    loop->slow_callback_duration = slow;
+    loop->executor_threads = threads;
+
+    struct event_config *cfg = event_config_new();
+    if (!cfg)
+        goto fail;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
+    loop->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (!loop->base)
+        goto fail;
+    loop->poll_timeout = evtimer_new(loop->base, poll_timeout_fired, NULL);
+    if (!loop->poll_timeout)
+        goto fail_base;
+    if (gfl__threadsafe_init(loop) < 0)
+        goto fail_timer;
+    return loop;
+
+fail_timer:
+    event_free(loop->poll_timeout);
+fail_base:
+    event_base_free(loop->base);
+fail:
+    ralloc(ralloc_ud, loop, 0);
+    return NULL;
+}
+
+void gfl__loop_memref(gfl_loop *loop)
+{
+    loop->memrefs++;
+}
+
+void gfl__loop_memunref(gfl_loop *loop)
+{
+    if (--loop->memrefs == 0)
+        loop->realloc(loop->realloc_ud, loop, 0);
+}
+
+/* Releases everything the loop holds except its own memory. */
+static void close_loop(gfl_loop *loop)
+{
+    /* Under the lock: pool threads read it in gfl_call_soon_threadsafe. */
+    pthread_mutex_lock(&loop->ts_lock);
+    loop->closed = true;
+    pthread_mutex_unlock(&loop->ts_lock);
+    gfl__loop_memref(loop); /* dropping futures below may release memrefs */
+
+    gfl__streams_close(loop);
+    gfl__executor_close(loop);
+    gfl__watchers_close(loop);
+    gfl__signals_close(loop);
+    gfl__backend_close(loop);
+
+    /* Drop every scheduled callback without running it. */
+    while (loop->ready_count > 0) {
+        uint32_t i = gfl__ready_pop(loop);
+        gfl__slot_drop(loop, i);
+    }
+    gfl__timers_clear(loop);
+    gfl__threadsafe_close(loop);
+
+    event_free(loop->poll_timeout);
+    loop->poll_timeout = NULL;
+    event_base_free(loop->base);
+    loop->base = NULL;
+
+    gfl__free(loop, loop->slots);
+    loop->slots = NULL;
+    loop->nslots = loop->slots_cap = 0;
+    loop->free_head = GFL_NO_SLOT;
+    gfl__free(loop, loop->ready);
+    loop->ready = NULL;
+    loop->ready_cap = 0;
+
+    if (current_loop == loop)
+        current_loop = NULL;
+    gfl__loop_memunref(loop);
+}
+
+static int release_ref(gfl_loop *loop)
+{
+    bool last = --loop->refs == 0;
+    if (last && !loop->closed)
+        close_loop(loop);
+    gfl__loop_memunref(loop);
+    return GFL_OK;
+}
+
+int gfl_loop_free(gfl_loop *loop)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    if (loop->running)
+        return GFL_EBUSY;
+    close_loop(loop);
+    return release_ref(loop);
+}
+
+gfl_loop *gfl_loop_ref(gfl_loop *loop)
+{
+    if (gfl__check_loop(loop) < 0)
+        return NULL;
+    loop->refs++;
+    gfl__loop_memref(loop);
+    return loop;
+}
+
+int gfl_loop_unref(gfl_loop *loop)
+{
+    if (!loop || loop->refs <= 0)
+        return GFL_EINVAL;
+    if (!loop->closed) {
+        int rc = gfl__check_loop(loop);
+        if (rc < 0)
+            return rc;
+        if (loop->running && loop->refs == 1)
+            return GFL_EBUSY;
+    }
+    return release_ref(loop);
+}
+
+/* Polls I/O for at most `timeout` seconds (negative: no limit). */
+static void poll_io(gfl_loop *loop, double timeout)
+{
+    if (timeout == 0) {
+        /* NONBLOCK alone keeps dispatching while anything is active: a fd
+         * that stays readable until the ready queue reads it would spin. */
+        event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
+        return;
+    }
+    if (timeout > 0) {
+        struct timeval tv;
+        if (timeout > 86400.0 * 365)
+            timeout = 86400.0 * 365;
+        tv.tv_sec = (time_t)timeout;
+        tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
+        event_add(loop->poll_timeout, &tv);
+    }
+    event_base_loop(loop->base, EVLOOP_ONCE);
+    if (timeout > 0)
+        event_del(loop->poll_timeout);
+}
+
+static void report_slow(gfl_loop *loop, gfl_callback cb, void *arg, double seconds)
+{
+    if (loop->slow_handler) {
+        loop->slow_handler(loop, cb, arg, seconds, loop->slow_ud);
+        return;
+    }
+    union {
+        gfl_callback fn;
+        void *ptr;
+    } name = {.fn = cb};
+    fprintf(stderr, "globeflower: executing callback %p(%p) took %.3f seconds\n", name.ptr, arg, seconds);
+}
+
+/* Runs one ready slot (already popped). */
+static void run_slot(gfl_loop *loop, uint32_t i)
+{
+    struct gfl_slot *s = &loop->slots[i];
+    if (s->state == GFL_SLOT_CANCELLED) {
+        gfl__slot_drop(loop, i);
+        return;
+    }
+    /* Copy out and free the slot first: the callback may schedule more (the
+     * array may move) and its handle must already be stale. */
+    uint8_t kind = s->kind;
+    gfl_callback cb = s->fn.cb;
+    gfl_future_callback fcb = s->fn.fcb;
+    void *arg = s->arg;
+    gfl_future *future = kind == GFL_SLOT_FUTURE ? s->future : NULL;
+    gfl__slot_release(loop, i);
+
+    double start = loop->debug ? gfl__monotonic() : 0;
+    if (kind == GFL_SLOT_FUTURE) {
+        fcb(future, arg);
+        gfl_future_unref(future);
+    } else {
+        cb(arg);
+    }
+    if (loop->debug) {
+        double took = gfl__monotonic() - start;
+        if (took >= loop->slow_callback_duration)
+            report_slow(loop, kind == GFL_SLOT_FUTURE ? NULL : cb, arg, took);
+    }
+}
+
+static int iterate(gfl_loop *loop, double timeout)
+{
+    if (loop->ready_count > 0 || loop->stopping) {
+        timeout = 0;
+    } else {
+        double next = gfl__timers_next(loop);
+        if (next >= 0) {
+            double wait = next - gfl__monotonic();
+            if (wait < 0)
+                wait = 0;
+            if (timeout < 0 || wait < timeout)
+                timeout = wait;
+        }
+    }
+    poll_io(loop, timeout);
+    if (loop->closed)
+        return 0;
+    if (loop->ntimers > 0) /* no clock read when there is no timer */
+        gfl__timers_run_due(loop, gfl__monotonic());
+
+    /* Callbacks scheduled from here on wait for the next iteration. */
+    size_t n = loop->ready_count;
+    for (size_t k = 0; k < n && !loop->closed; k++)
+        run_slot(loop, gfl__ready_pop(loop));
+    return (int)(n > INT32_MAX ? INT32_MAX : n);
+}
+
+/* run/run_once may move the loop to the calling thread when it is idle. */
+static int enter(gfl_loop *loop)
+{
+    if (!loop)
+        return GFL_EINVAL;
+    if (loop->closed)
+        return GFL_ECLOSED;
+    if (loop->running)
+        return pthread_equal(loop->owner, pthread_self()) ? GFL_ESTATE : GFL_EWRONGTHREAD;
+    loop->owner = pthread_self();
+    loop->running = true;
+    gfl__loop_memref(loop); /* survive gfl_loop_unref from a callback */
+    return GFL_OK;
+}
+
+static void leave(gfl_loop *loop)
+{
+    loop->running = false;
+    gfl__loop_memunref(loop);
+}
+
+int gfl_loop_run_once(gfl_loop *loop, double timeout)
+{
+    if (loop && isnan(timeout))
+        return GFL_EINVAL;
+    int rc = enter(loop);
+    if (rc < 0)
+        return rc;
+    rc = iterate(loop, timeout);
+    loop->stopping = false;
+    leave(loop);
+    return rc;
+}
+
+int gfl_loop_run(gfl_loop *loop)
+{
+    int rc = enter(loop);
+    if (rc < 0)
+        return rc;
+    while (!loop->closed) {
+        iterate(loop, -1);
+        if (loop->stopping)
+            break;
+    }
+    loop->stopping = false;
+    leave(loop);
+    return GFL_OK;
+}
+
+int gfl_loop_stop(gfl_loop *loop)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    loop->stopping = true;
+    return GFL_OK;
+}
+
+double gfl_loop_time(const gfl_loop *loop)
+{
+    if (!loop)
+        return GFL_EINVAL;
+    return gfl__monotonic();
+}
+
+int gfl_loop_is_running(const gfl_loop *loop)
+{
+    return loop ? loop->running : GFL_EINVAL;
+}
+
+int gfl_loop_is_closed(const gfl_loop *loop)
+{
+    return loop ? loop->closed : GFL_EINVAL;
+}
+
+gfl_loop *gfl_loop_current(void)
+{
+    return current_loop;
+}
+
+int gfl_loop_set_current(gfl_loop *loop)
+{
+    if (loop) {
+        int rc = gfl__check_loop(loop);
+        if (rc < 0)
+            return rc;
+    }
+    current_loop = loop;
+    return GFL_OK;
+}
+
+/* ---- errors raised by callbacks ---- */
+
+static void default_exception_handler(gfl_loop *loop, const char *message, gfl_value *error)
+{
+    (void)loop;
+    fprintf(stderr, "globeflower: %s\n", message ? message : "unhandled error in callback");
+    if (error && gfl_value_type_of(error) == GFL_VALUE_ERROR) {
+        const char *tb = gfl_value_error_traceback(error);
+        if (tb && *tb)
+            fprintf(stderr, "%s%s", tb, tb[strlen(tb) - 1] == '\n' ? "" : "\n");
+        fprintf(stderr, "%s: %s\n", gfl_value_error_type(error), gfl_value_error_message(error));
+    }
+}
+
+int gfl_loop_set_exception_handler(gfl_loop *loop, gfl_exception_handler handler, void *ud)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    loop->exception_handler = handler;
+    loop->exception_ud = handler ? ud : NULL;
+    return GFL_OK;
+}
+
+int gfl_loop_call_exception_handler(gfl_loop *loop, const char *message, gfl_value *error)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    if (loop->exception_handler)
+        loop->exception_handler(loop, message, error, loop->exception_ud);
+    else
+        default_exception_handler(loop, message, error);
+    return GFL_OK;
+}
+
+/* ---- debug mode ---- */
+
+int gfl_loop_set_debug(gfl_loop *loop, int enabled)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    loop->debug = enabled != 0;
+    return GFL_OK;
+}
+
+int gfl_loop_get_debug(const gfl_loop *loop)
+{
+    int rc = gfl__check_loop(loop);
+    return rc < 0 ? rc : loop->debug;
+}
+
+int gfl_loop_set_slow_callback_duration(gfl_loop *loop, double seconds)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    if (isnan(seconds) || seconds < 0)
+        return GFL_EINVAL;
+    loop->slow_callback_duration = seconds;
+    return GFL_OK;
+}
+
+int gfl_loop_set_slow_callback_handler(gfl_loop *loop, gfl_slow_callback_handler handler, void *ud)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    loop->slow_handler = handler;
+    loop->slow_ud = handler ? ud : NULL;
+    return GFL_OK;
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# make check for the Lua binding: runs tests/lua/run.lua with every Lua the
+# module was built for (GFL_LUA_TESTS: "dir:interpreter ..." from configure),
+# then the embedding example in both teardown orders. Each run ends with a
+# line "<lua>: N passed, N failed".
+set -u
+: "${abs_top_srcdir:?}" "${abs_top_builddir:?}"
+status=0
+for pair in ${GFL_LUA_TESTS:-}; do
+    dir=${pair%%:*}
+    interp=${pair#*:}
+    cpath="$abs_top_builddir/bindings/lua/$dir/.libs/?.so"
+    LUA_CPATH="$cpath" "$interp" "$abs_top_srcdir/tests/lua/run.lua" || status=1
+done
+engine="$abs_top_builddir/examples/engine_lua/engine_lua"
+if [ -n "${GFL_LUA_HOST_DIR:-}" ] && [ -x "$engine" ]; then
+    cpath="$abs_top_builddir/bindings/lua/$GFL_LUA_HOST_DIR/.libs/?.so"
+    for order in "" --free-loop-first; do
+        if LUA_CPATH="$cpath" "$engine" $order "$abs_top_srcdir/examples/engine_lua/script.lua"; then
+            echo "engine_lua $order: 1 passed, 0 failed"
+        else
+            echo "engine_lua $order: 0 passed, 1 failed"
+            status=1
+        fi
+    done
+fi
+exit $status
