@@ -585,6 +585,10 @@ struct fd_transport {
     enum gfl_fd_kind kind;
     bool is_socket;
     bool pipe_needs_sigmask; /* a real pipe while SIGPIPE is not ignored */
+    /* A write pipe learns that its reader left when the fd polls readable:
+     * true of FIFOs and sockets only (a pty is readable whenever the other
+     * side writes, so watching it would close a healthy transport). */
+    bool watch_reader_gone;
     bool rev_added, wev_added;
     bool shut_wr;
     bool eof_seen; /* EOF read: reading can never resume */
@@ -1076,7 +1080,8 @@ static void fd_on_made(gfl_transport *t)
     struct fd_transport *ft = FT(t);
     /* asyncio adds the reader after connection_made, so no data comes
      * first; a write pipe watches its fd to learn when the reader leaves. */
-    if (!t->closing && (t->reading || ft->kind == GFL_FD_WRITE_PIPE))
+    bool watch = ft->kind == GFL_FD_WRITE_PIPE ? ft->watch_reader_gone : t->reading;
+    if (!t->closing && watch)
         set_rev(ft, true);
 }
 
@@ -1118,6 +1123,7 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
     ft->kind = kind;
     ft->is_socket = S_ISSOCK(st.st_mode);
     ft->pipe_needs_sigmask = !ft->is_socket && kind == GFL_FD_WRITE_PIPE && !sigpipe_ignored();
+    ft->watch_reader_gone = kind == GFL_FD_WRITE_PIPE && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
     ft->rev_added = ft->wev_added = ft->shut_wr = ft->eof_seen = false;
     ft->io_pending = 0;
     ft->io_handle = 0;

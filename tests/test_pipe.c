@@ -7,6 +7,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 static gfl_loop *loop;
 
@@ -160,4 +162,32 @@ Test(pipes, rejects_regular_files_and_bad_fds)
     cr_assert_null(gfl_connect_read_pipe(loop, one_rec_factory, NULL, NULL, -1));
     cr_assert_null(gfl_connect_read_pipe(loop, NULL, NULL, NULL, 0));
     cr_assert_null(gfl_connect_read_pipe(NULL, one_rec_factory, NULL, NULL, 0));
+}
+
+Test(pipes, write_pipe_on_a_pty_stays_open_when_the_terminal_is_readable)
+{
+    /* A pty slave polls readable whenever the master writes: that must not
+     * be taken for "the reader left" (only FIFOs and sockets mean that). */
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    cr_assert_geq(master, 0);
+    cr_assert_eq(grantpt(master), 0);
+    cr_assert_eq(unlockpt(master), 0);
+    int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+    cr_assert_geq(slave, 0);
+    struct rec r = {0};
+    gfl_transport *t = open_end(&r, slave, true);
+    cr_assert_eq(write(master, "typed\n", 6), 6); /* the slave is now readable */
+    for (int i = 0; i < 20; i++)
+        gfl_loop_run_once(loop, 0.01);
+    cr_assert_eq(r.lost, 0, "the transport stayed open");
+    cr_assert_eq(gfl_transport_write(t, "out\n", 4), 0);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0.01);
+    char buf[64];
+    ssize_t n = read(master, buf, sizeof buf);
+    cr_assert_gt(n, 0, "what the transport wrote reached the terminal");
+    gfl_transport_close(t);
+    RUN_UNTIL(loop, r.lost == 1, 5);
+    gfl_transport_unref(t);
+    close(master);
 }
