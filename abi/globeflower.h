@@ -109,6 +109,12 @@ typedef struct gfl_loop_options {
     unsigned executor_threads;     /* thread pool size; 0: 4 */
     int debug;                     /* non-zero: debug mode on */
     double slow_callback_duration; /* debug mode threshold in s; 0: 0.1 */
+    /* Called on the loop thread just before and after a poll that may
+     * block (timeout != 0): where an interpreter releases and re-takes its
+     * global lock. NULL: none. */
+    void (*before_poll)(gfl_loop *loop, void *ud);
+    void (*after_poll)(gfl_loop *loop, void *ud);
+    void *poll_hook_ud;
 } gfl_loop_options;
 
 /* A new loop; NULL on bad options or out of memory. The caller owns one
@@ -123,7 +129,9 @@ GFL_EXPORT int gfl_loop_free(gfl_loop *loop);
 GFL_EXPORT gfl_loop *gfl_loop_ref(gfl_loop *loop);
 GFL_EXPORT int gfl_loop_unref(gfl_loop *loop);
 
-/* Runs iterations until gfl_loop_stop(). GFL_ESTATE if already running. */
+/* Runs iterations until gfl_loop_stop(). GFL_ESTATE if already running.
+ * gfl_loop_run, gfl_loop_run_once and gfl_loop_free may be called from any
+ * thread while the loop is idle: the loop then belongs to that thread. */
 GFL_EXPORT int gfl_loop_run(gfl_loop *loop);
 /* One iteration: poll I/O for at most `timeout` seconds (0: never block;
  * negative: until something happens), move due timers to the ready queue,

@@ -125,6 +125,9 @@ struct gfl_loop {
     struct gfl_executor *executor; /* executor.c, created on first use */
     unsigned executor_threads;
     int backend_fd; /* -1 until asked for */
+    void (*before_poll)(gfl_loop *loop, void *ud);
+    void (*after_poll)(gfl_loop *loop, void *ud);
+    void *poll_hook_ud;
     struct gfl_streams *streams; /* transport.c: open transports/servers (NULL: none) */
 };
 

@@ -100,6 +100,14 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
         if (threads > 1024)
             return NULL;
     }
+    void (*before_poll)(gfl_loop *, void *) = NULL;
+    void (*after_poll)(gfl_loop *, void *) = NULL;
+    void *poll_hook_ud = NULL;
+    if (opts && HAS_OPTION(opts, poll_hook_ud)) {
+        before_poll = opts->before_poll;
+        after_poll = opts->after_poll;
+        poll_hook_ud = opts->poll_hook_ud;
+    }
 
     pthread_once(&library_once, library_init);
     if (library_init_result != 0)
@@ -120,6 +128,9 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     loop->debug = debug != 0;
     loop->slow_callback_duration = slow;
     loop->executor_threads = threads;
+    loop->before_poll = before_poll;
+    loop->after_poll = after_poll;
+    loop->poll_hook_ud = poll_hook_ud;
 
     struct event_config *cfg = event_config_new();
     if (!cfg)
@@ -208,11 +219,13 @@ static int release_ref(gfl_loop *loop)
 
 int gfl_loop_free(gfl_loop *loop)
 {
-    int rc = gfl__check_loop(loop);
-    if (rc < 0)
-        return rc;
+    if (!loop)
+        return GFL_EINVAL;
+    if (loop->closed)
+        return GFL_ECLOSED;
     if (loop->running)
-        return GFL_EBUSY;
+        return pthread_equal(loop->owner, pthread_self()) ? GFL_EBUSY : GFL_EWRONGTHREAD;
+    loop->owner = pthread_self(); /* idle: whoever frees it owns it now */
     close_loop(loop);
     return release_ref(loop);
 }
@@ -249,6 +262,8 @@ static void poll_io(gfl_loop *loop, double timeout)
         event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
         return;
     }
+    if (loop->before_poll)
+        loop->before_poll(loop, loop->poll_hook_ud);
     if (timeout > 0) {
         struct timeval tv;
         if (timeout > 86400.0 * 365)
@@ -260,6 +275,8 @@ static void poll_io(gfl_loop *loop, double timeout)
     event_base_loop(loop->base, EVLOOP_ONCE);
     if (timeout > 0)
         event_del(loop->poll_timeout);
+    if (loop->after_poll)
+        loop->after_poll(loop, loop->poll_hook_ud);
 }
 
 static void report_slow(gfl_loop *loop, gfl_callback cb, void *arg, double seconds)

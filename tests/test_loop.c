@@ -484,3 +484,36 @@ Test(loop, release_runs_only_for_callbacks_that_never_run)
     cr_assert_eq(released[1], 1, "never twice");
     cr_assert_eq(nevents, 1);
 }
+
+static int polls_before, polls_after;
+static void count_before(gfl_loop *l, void *ud)
+{
+    cr_assert_eq(ud, TAG(9));
+    cr_assert_eq(polls_before, polls_after, "hooks come in pairs");
+    (void)l;
+    polls_before++;
+}
+static void count_after(gfl_loop *l, void *ud)
+{
+    (void)l;
+    (void)ud;
+    polls_after++;
+}
+
+Test(loop, poll_hooks_surround_only_polls_that_may_block)
+{
+    gfl_loop_options opts = {.size = sizeof opts, .before_poll = count_before, .after_poll = count_after,
+                             .poll_hook_ud = TAG(9)};
+    gfl_loop *l = gfl_loop_new(&opts);
+    cr_assert_not_null(l);
+    gfl_loop_run_once(l, 0); /* never blocks: no hooks */
+    cr_assert_eq(polls_before, 0);
+    gfl_call_later(l, 0.01, do_nothing, NULL);
+    gfl_loop_run_once(l, -1); /* sleeps until the timer */
+    cr_assert_eq(polls_before, 1);
+    cr_assert_eq(polls_after, 1);
+    gfl_call_soon(l, do_nothing, NULL);
+    gfl_loop_run_once(l, 1.0); /* work is ready: does not block */
+    cr_assert_eq(polls_before, 1);
+    cr_assert_eq(gfl_loop_free(l), 0);
+}

@@ -110,7 +110,7 @@ static void *wrong_thread_calls(void *arg)
     results[1] = (int)gfl_call_later(shared, 1, nothing, NULL);
     results[2] = gfl_add_reader(shared, 0, nothing, NULL);
     results[3] = gfl_loop_stop(shared);
-    results[4] = gfl_loop_free(shared);
+    results[4] = gfl_remove_reader(shared, 0);
     results[5] = gfl_future_new(shared) == NULL ? GFL_EWRONGTHREAD : 0;
     results[6] = gfl_call_soon_threadsafe(shared, nothing, NULL); /* allowed */
     return results;
@@ -128,6 +128,23 @@ Test(misuse, other_threads_get_wrong_thread)
     cr_assert_eq(results[6], 0);
     cr_assert_eq(gfl_loop_run_once(shared, 0), 1);
     gfl_loop_free(shared);
+}
+
+static void *free_idle_loop(void *arg)
+{
+    return (void *)(intptr_t)gfl_loop_free(arg);
+}
+
+Test(misuse, an_idle_loop_may_be_freed_from_another_thread)
+{
+    /* A host (or Python's loop.close()) may close the loop elsewhere. */
+    gfl_loop *loop = gfl_loop_new(NULL);
+    gfl_call_soon(loop, nothing, NULL);
+    pthread_t t;
+    void *rc;
+    pthread_create(&t, NULL, free_idle_loop, loop);
+    pthread_join(t, &rc);
+    cr_assert_eq((intptr_t)rc, 0);
 }
 
 Test(misuse, strerror_names_every_code)
