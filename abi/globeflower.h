@@ -16,6 +16,14 @@
  *    everything else returns GFL_EWRONGTHREAD.
  *  - Bindings and plugins should reach these functions through gfl_api_get()
  *    (see the end of this file) so that one process shares one core.
+ *  - Descriptor structs passed in (gfl_*_options) are the caller's: the core
+ *    copies every field, string and array it needs before the call returns,
+ *    so they may be freed or reused at once. (Reference-counted objects they
+ *    name, such as a gfl_addrinfo or gfl_tls_context, get a reference.)
+ *  - Hosts loaded with dlopen: a host module (a Lua C module, a Python
+ *    extension, a plugin) must stay loaded as long as any loop may still call
+ *    into it (its callbacks, release functions, protocols, gfl_host_class
+ *    hooks): load or re-open it with RTLD_NODELETE, or never dlclose it.
  */
 #ifndef GLOBEFLOWER_H
 #define GLOBEFLOWER_H
@@ -39,7 +47,7 @@ extern "C" {
 /* Bumped only when the ABI breaks (never, we hope). */
 #define GFL_ABI_MAJOR 1
 /* Bumped whenever gfl_api grows. */
-#define GFL_ABI_MINOR 1
+#define GFL_ABI_MINOR 2
 
 /* ------------------------------------------------------------------ */
 /* Error codes: negative; errno-compatible where an errno exists.      */
@@ -164,9 +172,12 @@ typedef int64_t gfl_handle;
 GFL_EXPORT gfl_handle gfl_call_soon(gfl_loop *loop, gfl_callback cb, void *arg);
 GFL_EXPORT gfl_handle gfl_call_later(gfl_loop *loop, double delay, gfl_callback cb, void *arg);
 GFL_EXPORT gfl_handle gfl_call_at(gfl_loop *loop, double when, gfl_callback cb, void *arg);
-/* Like gfl_call_soon / gfl_call_at, and release(arg) is called if the
- * callback will never run (cancelled, or dropped when the loop closes), so an
- * argument the callback would have freed is not leaked. */
+/* Like gfl_call_soon / gfl_call_at, with a release function for `arg`:
+ * release runs only if the callback never runs (cancelled, or dropped when
+ * the loop closes), exactly once, so an argument the callback would have
+ * freed is not leaked. A callback that runs owns its argument: release is
+ * then NOT called (the callback frees arg itself). On failure (a negative
+ * return) neither runs and the caller still owns arg. */
 GFL_EXPORT gfl_handle gfl_call_soon_ex(gfl_loop *loop, gfl_callback cb, void *arg, gfl_release_fn release);
 GFL_EXPORT gfl_handle gfl_call_at_ex(gfl_loop *loop, double when, gfl_callback cb, void *arg, gfl_release_fn release);
 /* 0 if the callback was cancelled; GFL_ENOENT if it already ran or was
@@ -238,8 +249,12 @@ typedef enum gfl_value_type {
 } gfl_value_type;
 
 /* A host's object class: its address identifies the host. `ref` is called
- * when a value takes the object, `unref` when the value is destroyed (in any
- * thread). */
+ * when a value takes the object, `unref` when the value is destroyed.
+ * Values cross threads (the thread pool, gfl_call_soon_threadsafe, another
+ * loop), so `unref` may be called on ANY thread, not only the host's own:
+ * it must be thread-safe (e.g. defer the real release to the host's thread
+ * when its interpreter is not). The class must stay valid, and its code
+ * loaded, while any value of it lives (see "Hosts loaded with dlopen" above). */
 typedef struct gfl_host_class {
     size_t size;      /* sizeof(gfl_host_class) */
     const char *name; /* e.g. "lua", "python" */
@@ -257,6 +272,12 @@ GFL_EXPORT gfl_value *gfl_value_string(const char *text, size_t len);
 /* `type` and `message` default to "Error" and gfl_strerror(code) when NULL;
  * `traceback` may be NULL. `code` must be negative. */
 GFL_EXPORT gfl_value *gfl_value_error(int code, const char *type, const char *message, const char *traceback);
+/* gfl_value_error with a `cause` (may be NULL): any value, typically a host
+ * object value holding the host's original exception, so that the host that
+ * raised it can raise the very same object again. The error keeps its own
+ * reference to `cause` (the caller keeps its own). gfl_value_error is this
+ * with cause NULL. */
+GFL_EXPORT gfl_value *gfl_value_error_ex(int code, const char *type, const char *message, const char *traceback, gfl_value *cause);
 GFL_EXPORT gfl_value *gfl_value_object(const gfl_host_class *cls, void *object);
 
 GFL_EXPORT gfl_value *gfl_value_ref(gfl_value *v);
@@ -276,6 +297,9 @@ GFL_EXPORT int gfl_value_error_code(const gfl_value *v);
 GFL_EXPORT const char *gfl_value_error_type(const gfl_value *v);
 GFL_EXPORT const char *gfl_value_error_message(const gfl_value *v);
 GFL_EXPORT const char *gfl_value_error_traceback(const gfl_value *v);
+/* The cause given to gfl_value_error_ex (borrowed: valid while `v` lives),
+ * or NULL when it has none or `v` is not an error. */
+GFL_EXPORT gfl_value *gfl_value_error_cause(const gfl_value *v);
 /* The object if `cls` is the value's class; GFL_ETYPE otherwise (another
  * host's object is an opaque handle). */
 GFL_EXPORT int gfl_value_get_object(const gfl_value *v, const gfl_host_class *cls, void **object);
@@ -311,10 +335,20 @@ GFL_EXPORT int gfl_future_state_of(const gfl_future *f);
  * to the loop's exception handler when the future is destroyed). */
 GFL_EXPORT gfl_value *gfl_future_value(gfl_future *f);
 GFL_EXPORT gfl_loop *gfl_future_loop(const gfl_future *f);
-/* Done callbacks run through the ready queue, never re-entrantly; one added
- * to a done future is scheduled at once. */
+/* Done callbacks run through the ready queue, never re-entrantly, in the
+ * order they were added; one added to a done future is scheduled at once. */
 GFL_EXPORT int gfl_future_add_done_callback(gfl_future *f, gfl_future_callback cb, void *arg);
-/* Number of (cb, arg) registrations removed. */
+/* gfl_future_add_done_callback with a release function for `arg` (may be
+ * NULL). release(arg) is called exactly once if the callback will never
+ * run: the registration is removed with gfl_future_remove_done_callback,
+ * the future is destroyed while still pending, or the scheduled callback
+ * is dropped because the loop closed. When the callback DOES run, release
+ * is NOT called: the callback owns arg then (and frees it itself). On
+ * failure (a negative return) neither is called: the caller still owns
+ * arg. */
+GFL_EXPORT int gfl_future_add_done_callback_ex(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release);
+/* Number of (cb, arg) registrations removed (the release of each one added
+ * with gfl_future_add_done_callback_ex is called). */
 GFL_EXPORT int gfl_future_remove_done_callback(gfl_future *f, gfl_future_callback cb, void *arg);
 
 /* ------------------------------------------------------------------ */

@@ -191,6 +191,10 @@ struct gfl_api {
     gfl_future *(*create_tls_connection)(gfl_loop *loop, gfl_protocol_factory factory, void *factory_ud, gfl_release_fn factory_release, const gfl_connect_options *opts, const gfl_tls_options *tls);
     gfl_future *(*create_tls_server)(gfl_loop *loop, gfl_protocol_factory factory, void *factory_ud, gfl_release_fn factory_release, const gfl_server_options *opts, const gfl_tls_options *tls);
     gfl_future *(*start_tls)(gfl_transport *t, const gfl_protocol *proto, void *ud, const gfl_tls_options *tls);
+    /* ABI 1.2: releasable done callbacks, errors with a cause */
+    int (*future_add_done_callback_ex)(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release);
+    gfl_value *(*value_error_ex)(int code, const char *type, const char *message, const char *traceback, gfl_value *cause);
+    gfl_value *(*value_error_cause)(const gfl_value *v);
 };
 
 /* Whether the table `api` has the function `field`. */

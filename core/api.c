@@ -184,6 +184,9 @@ static const gfl_api api = {
     .create_tls_connection = gfl_create_tls_connection,
     .create_tls_server = gfl_create_tls_server,
     .start_tls = gfl_start_tls,
+    .future_add_done_callback_ex = gfl_future_add_done_callback_ex,
+    .value_error_ex = gfl_value_error_ex,
+    .value_error_cause = gfl_value_error_cause,
 };
 
 GFL_EXPORT const gfl_api *gfl_api_get(void)

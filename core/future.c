@@ -41,29 +41,51 @@ void gfl__future_init(gfl_future *f, gfl_loop *loop, bool is_task)
     gfl__loop_memref(loop);
 }
 
-/* Takes the callback list off the future (so callbacks run or dropped below
- * never see a half-processed list). */
-static struct gfl_future_cb *detach_callbacks(gfl_future *f, size_t *count)
+/* Entry i of the callback list (i < ncallbacks). */
+static inline struct gfl_future_cb *cb_at(gfl_future *f, uint32_t i)
 {
-    struct gfl_future_cb *callbacks = f->callbacks;
-    *count = f->ncallbacks;
+    return i == 0 ? &f->cb0 : &f->callbacks[i - 1];
+}
+
+/* A callback list taken off its future (so callbacks run or dropped below
+ * never see a half-processed list). */
+struct detached {
+    struct gfl_future_cb first;
+    struct gfl_future_cb *rest; /* to gfl__free */
+    uint32_t count;
+};
+
+static void detach_callbacks(gfl_future *f, struct detached *d)
+{
+    d->first = f->cb0;
+    d->rest = f->callbacks;
+    d->count = f->ncallbacks;
     f->callbacks = NULL;
     f->ncallbacks = 0;
     f->callbacks_cap = 0;
-    return callbacks;
+}
+
+static inline struct gfl_future_cb *detached_at(struct detached *d, uint32_t i)
+{
+    return i == 0 ? &d->first : &d->rest[i - 1];
 }
 
 void gfl__future_destroy(gfl_future *f)
 {
     gfl_loop *loop = f->loop;
-    size_t count;
-    struct gfl_future_cb *callbacks = detach_callbacks(f, &count);
-    /* Plain callbacks of a future that never completed simply never run;
-     * waiting tasks must give back the reference their registration holds. */
-    for (size_t i = 0; i < count; i++)
-        if (!callbacks[i].cb)
-            gfl__task_waiter_dropped(callbacks[i].arg);
-    gfl__free(loop, callbacks);
+    struct detached d;
+    detach_callbacks(f, &d);
+    /* Callbacks of a future that never completed never run: their
+     * arguments are released, and waiting tasks give back the reference
+     * their registration holds. */
+    for (uint32_t i = 0; i < d.count; i++) {
+        struct gfl_future_cb *e = detached_at(&d, i);
+        if (!e->cb)
+            gfl__task_waiter_dropped(e->arg);
+        else if (e->release)
+            e->release(e->arg);
+    }
+    gfl__free(loop, d.rest);
     gfl_value_unref(f->value);
     f->value = NULL;
     gfl__loop_memunref(loop);
@@ -116,18 +138,32 @@ void gfl_future_unref(gfl_future *f)
 /* asyncio's __schedule_callbacks: every registered callback, in order. */
 static void schedule_done_callbacks(gfl_future *f)
 {
-    size_t count;
-    struct gfl_future_cb *callbacks = detach_callbacks(f, &count);
-    for (size_t i = 0; i < count; i++) {
-        if (!callbacks[i].cb) {
-            gfl__task_wake(callbacks[i].arg, f);
+    struct detached d;
+    detach_callbacks(f, &d);
+    bool held = false;
+    for (uint32_t i = 0; i < d.count; i++) {
+        struct gfl_future_cb *e = detached_at(&d, i);
+        if (!e->cb) {
+            gfl__task_wake(e->arg, f);
             continue;
         }
-        int rc = gfl__call_soon_future(f->loop, callbacks[i].cb, f, callbacks[i].arg);
-        if (rc < 0)
+        int rc = gfl__call_soon_future_rel(f->loop, e->cb, f, e->arg, e->release);
+        if (rc < 0) {
             report(f->loop, "Future done callback could not be scheduled", rc);
+            if (e->release) {
+                /* It will never run. The release may drop references to
+                 * f: keep it alive until the list is processed. */
+                if (!held) {
+                    f->refs++;
+                    held = true;
+                }
+                e->release(e->arg);
+            }
+        }
     }
-    gfl__free(f->loop, callbacks);
+    gfl__free(f->loop, d.rest);
+    if (held)
+        gfl_future_unref(f);
 }
 
 int gfl__future_complete(gfl_future *f, int state, gfl_value *value)
@@ -217,27 +253,36 @@ gfl_loop *gfl_future_loop(const gfl_future *f)
     return f ? f->loop : NULL;
 }
 
-/* Appends (cb, arg) to the pending future's list; GFL_ENOMEM leaves it as
- * it was. */
-static int append_callback(gfl_future *f, gfl_future_callback cb, void *arg)
+/* Appends (cb, arg, release) to the pending future's list; GFL_ENOMEM
+ * leaves it as it was. */
+static int append_callback(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release)
 {
-    if (f->ncallbacks == f->callbacks_cap) {
-        size_t cap = f->callbacks_cap ? f->callbacks_cap * 2 : 4;
-        if (cap > SIZE_MAX / sizeof *f->callbacks)
-            return GFL_ENOMEM;
-        struct gfl_future_cb *grown = gfl__realloc(f->loop, f->callbacks, cap * sizeof *grown);
-        if (!grown)
-            return GFL_ENOMEM;
-        f->callbacks = grown;
-        f->callbacks_cap = cap;
+    struct gfl_future_cb *e;
+    if (f->ncallbacks == 0) {
+        e = &f->cb0; /* the common case: no allocation */
+    } else {
+        uint32_t extra = f->ncallbacks - 1;
+        if (extra == f->callbacks_cap) {
+            uint32_t cap = f->callbacks_cap ? f->callbacks_cap * 2 : 4;
+            size_t bytes = (size_t)cap * sizeof *f->callbacks;
+            if (cap <= f->callbacks_cap || bytes / sizeof *f->callbacks != cap)
+                return GFL_ENOMEM;
+            struct gfl_future_cb *grown = gfl__realloc(f->loop, f->callbacks, bytes);
+            if (!grown)
+                return GFL_ENOMEM;
+            f->callbacks = grown;
+            f->callbacks_cap = cap;
+        }
+        e = &f->callbacks[extra];
     }
-    f->callbacks[f->ncallbacks].cb = cb;
-    f->callbacks[f->ncallbacks].arg = arg;
+    e->cb = cb;
+    e->arg = arg;
+    e->release = release;
     f->ncallbacks++;
     return GFL_OK;
 }
 
-int gfl_future_add_done_callback(gfl_future *f, gfl_future_callback cb, void *arg)
+int gfl_future_add_done_callback_ex(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release)
 {
     if (!f || !cb)
         return GFL_EINVAL;
@@ -246,10 +291,15 @@ int gfl_future_add_done_callback(gfl_future *f, gfl_future_callback cb, void *ar
     if (rc < 0)
         return rc;
     if (f->state != GFL_FUTURE_PENDING) {
-        rc = gfl__call_soon_future(f->loop, cb, f, arg);
+        rc = gfl__call_soon_future_rel(f->loop, cb, f, arg, release);
         return rc < 0 ? rc : GFL_OK;
     }
-    return append_callback(f, cb, arg);
+    return append_callback(f, cb, arg, release);
+}
+
+int gfl_future_add_done_callback(gfl_future *f, gfl_future_callback cb, void *arg)
+{
+    return gfl_future_add_done_callback_ex(f, cb, arg, NULL);
 }
 
 int gfl__future_add_waiter(gfl_future *f, gfl_task *t)
@@ -265,10 +315,18 @@ int gfl__future_add_waiter(gfl_future *f, gfl_task *t)
         gfl__task_wake(t, f);
         return GFL_OK;
     }
-    rc = append_callback(f, NULL, t);
+    rc = append_callback(f, NULL, t, NULL);
     if (rc < 0)
         gfl_future_unref(task_future);
     return rc;
+}
+
+/* Removes entry i, keeping the order of the others. */
+static void erase_callback(gfl_future *f, uint32_t i)
+{
+    for (uint32_t j = i; j + 1 < f->ncallbacks; j++)
+        *cb_at(f, j) = *cb_at(f, j + 1);
+    f->ncallbacks--;
 }
 
 int gfl_future_remove_done_callback(gfl_future *f, gfl_future_callback cb, void *arg)
@@ -278,14 +336,36 @@ int gfl_future_remove_done_callback(gfl_future *f, gfl_future_callback cb, void 
     int rc = check_future_thread(f);
     if (rc < 0)
         return rc;
-    /* Compact in place, keeping the order of the survivors. */
-    size_t kept = 0;
-    for (size_t i = 0; i < f->ncallbacks; i++) {
-        if (f->callbacks[i].cb == cb && f->callbacks[i].arg == arg)
+    /* Only the registrations present now: a release that adds the same
+     * (cb, arg) again does not make this loop endless. */
+    uint32_t matching = 0;
+    for (uint32_t i = 0; i < f->ncallbacks; i++)
+        if (cb_at(f, i)->cb == cb && cb_at(f, i)->arg == arg)
+            matching++;
+    int removed = 0;
+    bool held = false;
+    uint32_t i = 0;
+    while (i < f->ncallbacks && (uint32_t)removed < matching) {
+        struct gfl_future_cb *e = cb_at(f, i);
+        if (e->cb != cb || e->arg != arg) {
+            i++;
             continue;
-        f->callbacks[kept++] = f->callbacks[i];
+        }
+        gfl_release_fn release = e->release;
+        erase_callback(f, i);
+        removed++;
+        if (release) {
+            /* It will never run. The release may drop references to f
+             * or change its list: keep f alive and look again. */
+            if (!held) {
+                f->refs++;
+                held = true;
+            }
+            release(arg);
+            i = 0;
+        }
     }
-    int removed = (int)(f->ncallbacks - kept);
-    f->ncallbacks = kept;
+    if (held)
+        gfl_future_unref(f);
     return removed;
 }

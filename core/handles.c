@@ -58,14 +58,21 @@ void gfl__slot_release(gfl_loop *loop, uint32_t index)
 void gfl__slot_drop(gfl_loop *loop, uint32_t index)
 {
     struct gfl_slot *s = &loop->slots[index];
-    gfl_future *f = s->kind == GFL_SLOT_FUTURE ? s->future : NULL;
+    gfl_future *f = s->kind != GFL_SLOT_PLAIN ? s->future : NULL;
     gfl_release_fn release = s->kind == GFL_SLOT_PLAIN ? s->release : NULL;
     void *arg = s->arg;
+    if (s->kind == GFL_SLOT_FUTURE_REL) {
+        struct gfl_future_rel *rec = arg;
+        arg = rec->arg;
+        release = rec->release;
+        gfl__free(loop, rec);
+    }
     gfl__slot_release(loop, index);
-    if (f)
-        gfl_future_unref(f);
+    /* The argument first: it may still point at the future. */
     if (release)
         release(arg);
+    if (f)
+        gfl_future_unref(f);
 }
 
 gfl_handle gfl__handle_of(const gfl_loop *loop, uint32_t index)
@@ -161,10 +168,8 @@ gfl_handle gfl_call_soon_ex(gfl_loop *loop, gfl_callback cb, void *arg, gfl_rele
     return gfl__handle_of(loop, i);
 }
 
-int gfl__call_soon_future(gfl_loop *loop, gfl_future_callback fcb, gfl_future *future, void *arg)
+static int schedule_future(gfl_loop *loop, gfl_future_callback fcb, gfl_future *future, void *arg, uint8_t kind)
 {
-    if (loop->closed)
-        return GFL_ECLOSED;
     uint32_t i;
     int rc = gfl__slot_alloc(loop, &i);
     if (rc < 0)
@@ -172,7 +177,7 @@ int gfl__call_soon_future(gfl_loop *loop, gfl_future_callback fcb, gfl_future *f
     struct gfl_slot *s = &loop->slots[i];
     s->fn.fcb = fcb;
     s->arg = arg;
-    s->kind = GFL_SLOT_FUTURE;
+    s->kind = kind;
     s->future = future;
     if ((rc = gfl__ready_push(loop, i)) < 0) {
         gfl__slot_release(loop, i);
@@ -180,6 +185,31 @@ int gfl__call_soon_future(gfl_loop *loop, gfl_future_callback fcb, gfl_future *f
     }
     gfl_future_ref(future);
     return GFL_OK;
+}
+
+int gfl__call_soon_future(gfl_loop *loop, gfl_future_callback fcb, gfl_future *future, void *arg)
+{
+    if (loop->closed)
+        return GFL_ECLOSED;
+    return schedule_future(loop, fcb, future, arg, GFL_SLOT_FUTURE);
+}
+
+int gfl__call_soon_future_rel(gfl_loop *loop, gfl_future_callback fcb, gfl_future *future, void *arg, gfl_release_fn release)
+{
+    if (!release)
+        return gfl__call_soon_future(loop, fcb, future, arg);
+    if (loop->closed)
+        return GFL_ECLOSED;
+    /* A slot has no room for a second function: the pair goes beside it. */
+    struct gfl_future_rel *rec = gfl__alloc(loop, sizeof *rec);
+    if (!rec)
+        return GFL_ENOMEM;
+    rec->arg = arg;
+    rec->release = release;
+    int rc = schedule_future(loop, fcb, future, rec, GFL_SLOT_FUTURE_REL);
+    if (rc < 0)
+        gfl__free(loop, rec);
+    return rc;
 }
 
 int gfl_handle_cancel(gfl_loop *loop, gfl_handle handle)

@@ -33,6 +33,15 @@ enum gfl_slot_state {
 enum gfl_slot_kind {
     GFL_SLOT_PLAIN = 0, /* cb(arg) */
     GFL_SLOT_FUTURE,    /* fcb(future, arg); holds a reference to future */
+    /* fcb(future, rec->arg) where arg is a struct gfl_future_rel (freed
+     * when the slot runs or is dropped; dropped: rec->release(rec->arg)) */
+    GFL_SLOT_FUTURE_REL,
+};
+
+/* The argument of a GFL_SLOT_FUTURE_REL slot (from the loop's allocator). */
+struct gfl_future_rel {
+    void *arg;
+    gfl_release_fn release;
 };
 
 /* 32 bytes: a million pending callbacks fit in 32 MB. */
@@ -139,6 +148,10 @@ void gfl__loop_memunref(gfl_loop *loop);
 /* Schedules fcb(future, arg) on the ready queue, holding a future reference
  * until it runs or is dropped. */
 int gfl__call_soon_future(gfl_loop *loop, gfl_future_callback fcb, gfl_future *future, void *arg);
+/* The same with release(arg) called if it never runs (dropped when the loop
+ * closes); release NULL: gfl__call_soon_future. On failure release is not
+ * called. */
+int gfl__call_soon_future_rel(gfl_loop *loop, gfl_future_callback fcb, gfl_future *future, void *arg, gfl_release_fn release);
 
 /* ---- handles.c: the handle table and ready queue ---- */
 int gfl__slot_alloc(gfl_loop *loop, uint32_t *index);
@@ -181,10 +194,14 @@ gfl_value *gfl__cancelled_error(const char *message);
 
 /* ---- future.c ---- */
 struct gfl_future_cb {
-    gfl_future_callback cb;
+    gfl_future_callback cb; /* NULL: a waiting task (arg), see below */
     void *arg;
+    gfl_release_fn release; /* release(arg) if cb will never run; may be NULL */
 };
 
+/* 64 bytes. The done callbacks form one ordered list: entry 0 is kept
+ * inline (cb0), so the usual single callback costs no allocation (as in
+ * CPython's C future); entries 1.. are callbacks[0..ncallbacks-2]. */
 struct gfl_future {
     gfl_loop *loop; /* holds a memref */
     int refs;       /* loop-thread only */
@@ -192,8 +209,9 @@ struct gfl_future {
     bool retrieved; /* the error was read */
     bool is_task;   /* this is the first member of a struct gfl_task */
     gfl_value *value; /* result, error or CancelledError */
-    struct gfl_future_cb *callbacks;
-    size_t ncallbacks, callbacks_cap;
+    struct gfl_future_cb cb0;        /* entry 0 (valid when ncallbacks > 0) */
+    struct gfl_future_cb *callbacks; /* entries 1.. (NULL until needed) */
+    uint32_t ncallbacks, callbacks_cap; /* entries in all; room in callbacks */
 };
 
 /* Initialises an embedded future (refs = 1, takes a loop memref). */

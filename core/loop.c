@@ -306,8 +306,15 @@ static void run_slot(gfl_loop *loop, uint32_t i)
     gfl_callback cb = s->fn.cb;
     gfl_future_callback fcb = s->fn.fcb;
     void *arg = s->arg;
-    gfl_future *future = kind == GFL_SLOT_FUTURE ? s->future : NULL;
+    gfl_future *future = kind != GFL_SLOT_PLAIN ? s->future : NULL;
     gfl__slot_release(loop, i);
+    if (kind == GFL_SLOT_FUTURE_REL) {
+        /* It runs: the callback owns the argument, release is not called. */
+        struct gfl_future_rel *rec = arg;
+        arg = rec->arg;
+        gfl__free(loop, rec);
+        kind = GFL_SLOT_FUTURE;
+    }
 
     double start = loop->debug ? gfl__monotonic() : 0;
     if (kind == GFL_SLOT_FUTURE) {

@@ -251,6 +251,14 @@ void gfl__server_detach(gfl_server *s, gfl_transport *t)
 
 gfl_server *gfl__server_new(gfl_loop *loop, gfl_protocol_factory f, void *fud, gfl_release_fn frel, const gfl_server_options *opts)
 {
+    /* Read only what the caller's struct has (of its size); the rest is 0. */
+    gfl_server_options o;
+    if (opts) {
+        memset(&o, 0, sizeof o);
+        memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
+        o.size = sizeof o;
+        opts = &o;
+    }
     gfl_server *s = gfl__calloc(loop, 1, sizeof *s);
     if (!s)
         return NULL;
@@ -274,7 +282,7 @@ gfl_server *gfl__server_new(gfl_loop *loop, gfl_protocol_factory f, void *fud, g
             s->backlog = opts->backlog;
         if (opts->start_serving < 0)
             s->serving = false;
-        if (opts->size >= offsetof(gfl_server_options, accept_retry_delay) + sizeof(double) && opts->accept_retry_delay > 0)
+        if (opts->accept_retry_delay > 0)
             s->retry_delay = opts->accept_retry_delay;
     }
     return s;
@@ -547,8 +555,11 @@ struct builder {
     struct gfl_stream_node node;
     gfl_future *future;
     gfl_future *dns; /* the lookup in flight */
+    /* The caller's options, copied: hosts and port point into `strings`
+     * (owned), addrs is NULL (its entries were copied into `all`). */
     gfl_server_options o;
     const char *const *hosts;
+    char *strings; /* one allocation: the hosts array, then the texts */
     int next_host;
     gfl_addrinfo *all; /* every address found so far */
     gfl_protocol_factory factory;
@@ -566,6 +577,7 @@ static void builder_free(struct builder *b)
     if (b->dns)
         gfl_future_unref(b->dns);
     gfl_future_unref(b->future);
+    gfl__free(loop, b->strings);
     gfl__free(loop, b);
     gfl__loop_memunref(loop);
 }
@@ -713,6 +725,47 @@ static void next_lookup(struct builder *b)
     builder_free(b);
 }
 
+/* Copies o->hosts (and the strings) and o->port into one allocation of the
+ * builder, and points b->hosts / b->o.port at the copies: the lookups run
+ * after gfl_create_server returned, when the caller's memory may be gone. */
+static int copy_names(struct builder *b, const gfl_server_options *o)
+{
+    size_t nhosts = 0, bytes = 0;
+    if (o->hosts) {
+        while (o->hosts[nhosts])
+            bytes += strlen(o->hosts[nhosts++]) + 1;
+        if (nhosts >= SIZE_MAX / sizeof(char *) - 1)
+            return GFL_ENOMEM;
+    }
+    size_t port_len = o->port ? strlen(o->port) + 1 : 0;
+    size_t array = o->hosts ? (nhosts + 1) * sizeof(char *) : 0;
+    if (bytes > SIZE_MAX - array - port_len)
+        return GFL_ENOMEM;
+    if (array + bytes + port_len == 0)
+        return GFL_OK;
+    char *mem = gfl__alloc(b->loop, array + bytes + port_len);
+    if (!mem)
+        return GFL_ENOMEM;
+    b->strings = mem;
+    char *text = mem + array;
+    if (o->hosts) {
+        const char **hosts = (const char **)(void *)mem;
+        for (size_t i = 0; i < nhosts; i++) {
+            size_t n = strlen(o->hosts[i]) + 1;
+            memcpy(text, o->hosts[i], n);
+            hosts[i] = text;
+            text += n;
+        }
+        hosts[nhosts] = NULL;
+        b->hosts = hosts;
+    }
+    if (o->port) {
+        memcpy(text, o->port, port_len);
+        b->o.port = text;
+    }
+    return GFL_OK;
+}
+
 GFL_EXPORT gfl_future *gfl_create_server(gfl_loop *loop, gfl_protocol_factory factory, void *factory_ud, gfl_release_fn factory_release, const gfl_server_options *opts)
 {
     if (gfl__check_loop(loop) < 0 || !factory || !opts || opts->size < sizeof(size_t))
@@ -731,13 +784,16 @@ GFL_EXPORT gfl_future *gfl_create_server(gfl_loop *loop, gfl_protocol_factory fa
     b->loop = loop;
     b->node.loop_closing = builder_loop_closing;
     b->o = o;
-    b->hosts = o.hosts;
+    b->o.hosts = NULL; /* the caller's: use b->hosts (a copy) */
+    b->o.port = NULL;
+    b->o.addrs = NULL; /* used below, before returning, only */
     b->future = gfl_future_new(loop);
     b->all = gfl_addrinfo_new();
-    if (!b->future || !b->all || gfl__stream_register(loop, &b->node) < 0) {
+    if (!b->future || !b->all || copy_names(b, &o) < 0 || gfl__stream_register(loop, &b->node) < 0) {
         if (b->future)
             gfl_future_unref(b->future);
         gfl_addrinfo_unref(b->all);
+        gfl__free(loop, b->strings);
         gfl__free(loop, b);
         return NULL;
     }

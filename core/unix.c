@@ -56,7 +56,9 @@ GFL_EXPORT gfl_future *gfl_create_unix_server(gfl_loop *loop, gfl_protocol_facto
     socklen_t sl;
     if (gfl__check_loop(loop) < 0 || !factory || make_addr(path, path_len, &sun, &sl) < 0)
         return NULL;
-    if (opts && (opts->size < sizeof(size_t) || opts->backlog < 0))
+    /* Only the fields the caller's struct has (of its size) are read. */
+    if (opts && (opts->size < sizeof(size_t) ||
+                 (opts->size >= offsetof(gfl_server_options, backlog) + sizeof opts->backlog && opts->backlog < 0)))
         return NULL;
     gfl_future *f = gfl_future_new(loop);
     if (!f)

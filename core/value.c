@@ -47,6 +47,7 @@ struct gfl_value_error {
     const char *type;
     const char *message;
     const char *traceback; /* may be NULL */
+    gfl_value *cause;      /* a reference, or NULL */
     char storage[];
 };
 
@@ -138,6 +139,11 @@ static const char *store_string(char **cursor, const char *text, size_t len)
 
 gfl_value *gfl_value_error(int code, const char *type, const char *message, const char *traceback)
 {
+    return gfl_value_error_ex(code, type, message, traceback, NULL);
+}
+
+gfl_value *gfl_value_error_ex(int code, const char *type, const char *message, const char *traceback, gfl_value *cause)
+{
     if (code >= 0)
         return NULL;
     if (!type)
@@ -161,6 +167,7 @@ gfl_value *gfl_value_error(int code, const char *type, const char *message, cons
     v->type = store_string(&cursor, type, type_len);
     v->message = store_string(&cursor, message, message_len);
     v->traceback = traceback ? store_string(&cursor, traceback, traceback_len) : NULL;
+    v->cause = gfl_value_ref(cause);
     return &v->header;
 }
 
@@ -190,13 +197,19 @@ gfl_value *gfl_value_object(const gfl_host_class *cls, void *object)
     return &v->header;
 }
 
-static void value_destroy(struct gfl_value *v)
+/* Frees v; returns the cause it held (a reference for the caller to drop),
+ * so that a long chain of causes is released without recursion. */
+static gfl_value *value_destroy(struct gfl_value *v)
 {
+    gfl_value *next = NULL;
     if (v->type == GFL_VALUE_OBJECT) {
         struct gfl_value_object *o = (struct gfl_value_object *)v;
         o->cls->unref(o->object);
+    } else if (v->type == GFL_VALUE_ERROR) {
+        next = ((struct gfl_value_error *)v)->cause;
     }
     free(v);
+    return next;
 }
 
 gfl_value *gfl_value_ref(gfl_value *v)
@@ -213,9 +226,9 @@ void gfl_value_unref(gfl_value *v)
     if (!v || v->immortal)
         return;
     /* Release our writes; the last owner acquires everyone's before freeing. */
-    if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_release) == 1) {
+    while (v && !v->immortal && atomic_fetch_sub_explicit(&v->refs, 1, memory_order_release) == 1) {
         atomic_thread_fence(memory_order_acquire);
-        value_destroy(v);
+        v = value_destroy(v); /* then the cause it held */
     }
 }
 
@@ -309,6 +322,12 @@ const char *gfl_value_error_traceback(const gfl_value *v)
 {
     const struct gfl_value_error *e = as_error(v);
     return e ? e->traceback : NULL;
+}
+
+gfl_value *gfl_value_error_cause(const gfl_value *v)
+{
+    const struct gfl_value_error *e = as_error(v);
+    return e ? e->cause : NULL;
 }
 
 int gfl_value_get_object(const gfl_value *v, const gfl_host_class *cls, void **object)

@@ -288,4 +288,80 @@ static inline int count_fds(void)
     return n - 1; /* the DIR's own fd */
 }
 
+/* Caller-owned memory for option structs and everything they point to
+ * (strings, arrays), to check that the core copies what it keeps. The
+ * block is scribbled over and then made inaccessible right after the call,
+ * before the loop runs: like freeing it, except that any later access by
+ * the core faults at once, in every run (not only under valgrind, which
+ * reports it too, with the stack of the read). */
+#include <sys/mman.h>
+
+struct scratch {
+    char *base;
+    size_t used, cap;
+};
+
+static inline struct scratch scratch_new(void)
+{
+    struct scratch m = {.cap = 16384};
+    void *p = mmap(NULL, m.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(p, MAP_FAILED);
+    m.base = p;
+    return m;
+}
+
+static inline void *scratch_alloc(struct scratch *m, size_t n)
+{
+    size_t at = (m->used + 15) & ~(size_t)15;
+    cr_assert_leq(at + n, m->cap, "scratch block too small");
+    m->used = at + n;
+    memset(m->base + at, 0, n);
+    return m->base + at;
+}
+
+static inline const char *scratch_str(struct scratch *m, const char *text)
+{
+    size_t n = strlen(text) + 1;
+    char *p = scratch_alloc(m, n);
+    memcpy(p, text, n);
+    return p;
+}
+
+/* A NULL-terminated copy of `list` (NULL-terminated too). */
+static inline const char *const *scratch_strv(struct scratch *m, const char *const *list)
+{
+    size_t n = 0;
+    while (list[n])
+        n++;
+    const char **v = scratch_alloc(m, (n + 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = scratch_str(m, list[i]);
+    v[n] = NULL;
+    return v;
+}
+
+/* An old caller's options struct: only its `size` field (set to
+ * sizeof(size_t)), placed right before an inaccessible page, so that
+ * reading any later field faults. Returned as void * for any options type;
+ * the pages stay reserved until the test process ends. */
+static inline void *short_options(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    char *p = mmap(NULL, (size_t)page * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq((void *)p, MAP_FAILED);
+    cr_assert_eq(mprotect(p + page, (size_t)page, PROT_NONE), 0);
+    size_t *size = (size_t *)(void *)(p + page - sizeof(size_t));
+    *size = sizeof(size_t);
+    return size;
+}
+
+/* "Frees" the block: scribbled, then no access at all. The pages stay
+ * reserved (never handed out again) until the test process ends. */
+static inline void scratch_free(struct scratch *m)
+{
+    memset(m->base, 0xa5, m->cap);
+    cr_assert_eq(mprotect(m->base, m->cap, PROT_NONE), 0);
+    m->base = NULL;
+}
+
 #endif

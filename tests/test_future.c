@@ -433,20 +433,22 @@ FUTURE_TEST(error_seen_by_a_callback_is_retrieved)
 FUTURE_TEST(callback_array_growth_failure_leaves_the_future_unchanged)
 {
     struct record r = {0};
-    struct tagged tags[5];
+    struct tagged tags[6];
     gfl_future *f = gfl_future_new(loop);
-    for (int i = 0; i < 4; i++) { /* the first block holds four */
+    for (int i = 0; i < 5; i++) { /* the inline entry and the first block hold five */
         tags[i] = (struct tagged){&r, i};
         cr_assert_eq(gfl_future_add_done_callback(f, record_call, &tags[i]), 0);
     }
     atomic_store(&fail_allocations, true);
-    tags[4] = (struct tagged){&r, 4};
-    cr_assert_eq(gfl_future_add_done_callback(f, record_call, &tags[4]), GFL_ENOMEM);
+    tags[5] = (struct tagged){&r, 5};
+    cr_assert_eq(gfl_future_add_done_callback(f, record_call, &tags[5]), GFL_ENOMEM);
     atomic_store(&fail_allocations, false);
     cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_PENDING);
     gfl_future_set_result(f, gfl_value_nil());
     gfl_loop_run_once(loop, 0);
-    cr_assert_eq(r.calls, 4, "the registered callbacks all run");
+    cr_assert_eq(r.calls, 5, "the registered callbacks all run");
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(r.order[i], i);
     gfl_future_unref(f);
 }
 
@@ -609,5 +611,227 @@ FUTURE_TEST(resolved_by_a_timer)
     double d = 0;
     cr_assert_eq(gfl_value_get_double(gfl_future_value(f), &d), 0);
     cr_assert_eq(d, 0.5);
+    gfl_future_unref(f);
+}
+
+/* ---- the first callback is kept inline ---- */
+
+FUTURE_TEST(a_single_callback_costs_no_allocation)
+{
+    struct record r = {0};
+    struct tagged a = {&r, 1}, b = {&r, 2};
+    gfl_future *f = gfl_future_new(loop);
+    long before = atomic_load(&live_allocations);
+    cr_assert_eq(gfl_future_add_done_callback(f, record_call, &a), 0);
+    cr_assert_eq(atomic_load(&live_allocations), before, "the first callback is stored in the future");
+    cr_assert_eq(gfl_future_add_done_callback(f, record_call, &b), 0);
+    cr_assert_eq(atomic_load(&live_allocations), before + 1, "the second one needs the array");
+    gfl_future_set_result(f, gfl_value_nil());
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(r.calls, 2);
+    cr_assert_eq(r.order[0], 1);
+    cr_assert_eq(r.order[1], 2);
+    gfl_future_unref(f);
+}
+
+FUTURE_TEST(removing_keeps_the_order_across_the_inline_entry)
+{
+    struct record r = {0};
+    struct tagged t[6];
+    for (int i = 0; i < 6; i++)
+        t[i] = (struct tagged){&r, i};
+    gfl_future *f = gfl_future_new(loop);
+    for (int i = 0; i < 4; i++)
+        gfl_future_add_done_callback(f, record_call, &t[i]);
+    cr_assert_eq(gfl_future_remove_done_callback(f, record_call, &t[0]), 1, "the inline entry");
+    cr_assert_eq(gfl_future_remove_done_callback(f, record_call, &t[2]), 1);
+    gfl_future_add_done_callback(f, record_call, &t[4]);
+    cr_assert_eq(gfl_future_remove_done_callback(f, record_call, &t[1]), 1);
+    cr_assert_eq(gfl_future_remove_done_callback(f, record_call, &t[3]), 1);
+    cr_assert_eq(gfl_future_remove_done_callback(f, record_call, &t[4]), 1, "empty now");
+    gfl_future_add_done_callback(f, record_call, &t[5]);
+    gfl_future_add_done_callback(f, record_call, &t[1]);
+    gfl_future_add_done_callback(f, record_call, &t[3]);
+    gfl_future_cancel(f, NULL);
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(r.calls, 3);
+    cr_assert_eq(r.order[0], 5);
+    cr_assert_eq(r.order[1], 1);
+    cr_assert_eq(r.order[2], 3);
+    gfl_future_unref(f);
+}
+
+/* ---- gfl_future_add_done_callback_ex: releasing the argument ---- */
+
+struct owned {
+    struct record *record;
+    int tag;
+    int runs, releases;
+    gfl_future *future; /* a reference the argument owns, or NULL */
+};
+
+static void owned_run(gfl_future *f, void *arg)
+{
+    struct owned *o = arg;
+    (void)f;
+    cr_assert_eq(o->releases, 0, "never released before running");
+    o->runs++;
+    if (o->record)
+        o->record->order[o->record->calls++] = o->tag;
+}
+
+static void owned_release(void *arg)
+{
+    struct owned *o = arg;
+    cr_assert_eq(o->runs, 0, "a callback that ran is not released");
+    o->releases++;
+    if (o->future) {
+        gfl_future *f = o->future;
+        o->future = NULL;
+        gfl_future_unref(f);
+    }
+}
+
+FUTURE_TEST(release_is_not_called_when_the_callback_runs)
+{
+    struct record r = {0};
+    struct owned a = {&r, 1, 0, 0, NULL}, b = {&r, 2, 0, 0, NULL};
+    struct tagged plain = {&r, 3};
+    gfl_future *f = gfl_future_new(loop);
+    cr_assert_eq(gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release), 0);
+    cr_assert_eq(gfl_future_add_done_callback(f, record_call, &plain), 0);
+    cr_assert_eq(gfl_future_add_done_callback_ex(f, owned_run, &b, NULL), 0);
+    gfl_future_set_result(f, gfl_value_nil());
+    cr_assert_eq(gfl_loop_run_once(loop, 0), 3);
+    cr_assert_eq(r.calls, 3);
+    cr_assert_eq(r.order[0], 1, "order kept with plain callbacks");
+    cr_assert_eq(r.order[1], 3);
+    cr_assert_eq(r.order[2], 2);
+    cr_assert_eq(a.runs, 1);
+    cr_assert_eq(a.releases, 0);
+
+    /* Added to a done future: scheduled at once, runs, not released. */
+    struct owned c = {&r, 4, 0, 0, NULL};
+    cr_assert_eq(gfl_future_add_done_callback_ex(f, owned_run, &c, owned_release), 0);
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(c.runs, 1);
+    cr_assert_eq(c.releases, 0);
+    gfl_future_unref(f);
+}
+
+FUTURE_TEST(release_runs_when_the_registration_is_removed)
+{
+    struct record r = {0};
+    struct owned a = {&r, 1, 0, 0, NULL}, b = {&r, 2, 0, 0, NULL};
+    gfl_future *f = gfl_future_new(loop);
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release);
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    cr_assert_eq(gfl_future_remove_done_callback(f, owned_run, &a), 2);
+    cr_assert_eq(a.releases, 2, "once per registration");
+    cr_assert_eq(gfl_future_remove_done_callback(f, owned_run, &a), 0);
+    cr_assert_eq(a.releases, 2);
+    gfl_future_set_result(f, gfl_value_nil());
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(a.runs, 0);
+    cr_assert_eq(b.runs, 1);
+    cr_assert_eq(b.releases, 0);
+    gfl_future_unref(f);
+}
+
+FUTURE_TEST(release_may_drop_the_last_reference_while_being_removed)
+{
+    /* The argument owns the only reference to the future (a binding's
+     * userdata often does): removing the callback frees both. */
+    gfl_future *f = gfl_future_new(loop);
+    struct owned a = {NULL, 1, 0, 0, f};
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    struct owned b = {NULL, 2, 0, 0, NULL};
+    gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release);
+    cr_assert_eq(gfl_future_remove_done_callback(f, owned_run, &a), 1);
+    cr_assert_eq(a.releases, 1);
+    cr_assert_null(a.future);
+    cr_assert_eq(b.releases, 1, "the future is gone: b's callback can never run");
+}
+
+FUTURE_TEST(release_runs_when_a_pending_future_is_destroyed)
+{
+    struct owned a = {NULL, 1, 0, 0, NULL}, b = {NULL, 2, 0, 0, NULL};
+    gfl_future *f = gfl_future_new(loop);
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release);
+    gfl_future_add_done_callback(f, owned_run, &b); /* no release: nothing to do */
+    gfl_future_unref(f);
+    cr_assert_eq(a.releases, 1);
+    cr_assert_eq(b.releases, 1);
+    cr_assert_eq(a.runs + b.runs, 0);
+}
+
+FUTURE_TEST(release_runs_when_the_loop_drops_the_scheduled_callback)
+{
+    struct owned a = {NULL, 1, 0, 0, NULL}, b = {NULL, 2, 0, 0, NULL}, c = {NULL, 3, 0, 0, NULL};
+    gfl_future *f = gfl_future_new(loop);
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release);
+    gfl_future_set_result(f, gfl_value_nil()); /* both are in the ready queue */
+    gfl_future_add_done_callback_ex(f, owned_run, &c, owned_release); /* scheduled at once */
+    gfl_future_unref(f); /* the scheduled callbacks hold it */
+    cr_assert_eq(gfl_loop_free(loop), 0);
+    loop = NULL;
+    cr_assert_eq(a.releases + b.releases + c.releases, 3);
+    cr_assert_eq(a.runs + b.runs + c.runs, 0);
+}
+
+FUTURE_TEST(release_runs_when_a_closed_loop_cannot_schedule)
+{
+    /* Completed after the loop closed: the callback can never run. */
+    struct owned a = {NULL, 1, 0, 0, NULL};
+    gfl_future *f = gfl_future_new(loop);
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    cr_assert_eq(gfl_loop_free(loop), 0);
+    cr_assert_eq(a.releases, 0, "still registered on the pending future");
+    cr_assert_eq(gfl_future_set_result(f, gfl_value_nil()), 0);
+    cr_assert_eq(a.releases, 1);
+    /* Refused on a closed loop: the caller keeps its argument. */
+    struct owned b = {NULL, 2, 0, 0, NULL};
+    cr_assert_eq(gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release), GFL_ECLOSED);
+    cr_assert_eq(b.releases, 0);
+    gfl_future_unref(f);
+    cr_assert_eq(a.releases, 1);
+    loop = NULL;
+}
+
+FUTURE_TEST(release_runs_when_scheduling_fails)
+{
+    struct handler_log log = {0};
+    gfl_loop_set_exception_handler(loop, log_exception, &log);
+    struct owned a = {NULL, 1, 0, 0, NULL};
+    gfl_future *f = gfl_future_new(loop);
+    gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
+    atomic_store(&fail_allocations, true);
+    cr_assert_eq(gfl_future_set_result(f, gfl_value_nil()), 0);
+    atomic_store(&fail_allocations, false);
+    cr_assert_eq(log.calls, 1, "reported");
+    cr_assert_eq(a.releases, 1, "and released");
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(a.runs, 0);
+
+    /* Failing to add to a done future: the caller keeps the argument. */
+    struct owned b = {NULL, 2, 0, 0, NULL};
+    atomic_store(&fail_allocations, true);
+    cr_assert_eq(gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release), GFL_ENOMEM);
+    atomic_store(&fail_allocations, false);
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(b.releases + b.runs, 0);
+    gfl_future_unref(f);
+}
+
+FUTURE_TEST(add_done_callback_ex_checks_its_arguments)
+{
+    gfl_future *f = gfl_future_new(loop);
+    struct owned a = {0};
+    cr_assert_eq(gfl_future_add_done_callback_ex(NULL, owned_run, &a, owned_release), GFL_EINVAL);
+    cr_assert_eq(gfl_future_add_done_callback_ex(f, NULL, &a, owned_release), GFL_EINVAL);
+    cr_assert_eq(a.releases, 0);
     gfl_future_unref(f);
 }

@@ -831,3 +831,34 @@ Test(process, every_allocation_may_fail)
     }
     cr_assert_eq(count_fds(), fds);
 }
+
+Test(process, options_are_copied)
+{
+    /* argv, env, cwd, file and pass_fds are the caller's: freed at once. */
+    int keep = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(keep, 3);
+    char script[128];
+    snprintf(script, sizeof script, "echo \"$FOO\"; pwd; test -e /proc/self/fd/%d && echo kept", keep);
+    struct scratch m = scratch_new();
+    gfl_subprocess_options *o = scratch_alloc(&m, sizeof *o);
+    o->size = sizeof *o;
+    o->argv = scratch_strv(&m, ARGV("sh", "-c", script));
+    o->file = scratch_str(&m, "sh");
+    o->env = scratch_strv(&m, ARGV("FOO=from the heap", "PATH=/usr/bin:/bin"));
+    o->cwd = scratch_str(&m, "/");
+    o->stdio[0] = GFL_STDIO_DEVNULL;
+    int *fds = scratch_alloc(&m, sizeof *fds);
+    fds[0] = keep;
+    o->pass_fds = fds;
+    o->npass_fds = 1;
+    struct prec r = {.store = true};
+    gfl_future *f = gfl_subprocess_exec(loop, p_factory, &r, p_release, o);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+    gfl_transport *t = gfl_transport_ref(await_object(loop, f, gfl_transport_class()));
+    gfl_future_unref(f);
+    cr_assert_eq(finish(t, &r), 0);
+    cr_assert_str_eq((char *)r.out[1], "from the heap\n/\nkept\n");
+    prec_free(&r);
+    close(keep);
+}

@@ -791,3 +791,114 @@ Test(tcp, factory_refusal)
     gfl_server_unref(server);
     srv_finish(loop, &s);
 }
+
+/* ---- caller-owned options (the Lua binding builds them on its stack) ---- */
+
+/* The port of a server's listening socket `i`. */
+static int server_port(gfl_server *server, int i)
+{
+    struct sockaddr_storage ss;
+    size_t len = sizeof ss;
+    cr_assert_eq(gfl_server_get_sockaddr(server, i, &ss, &len), 0);
+    return ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port : ((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+Test(tcp, server_options_are_copied)
+{
+    /* The hosts after the first and the port are looked up after
+     * gfl_create_server returned: they must be the core's copies. */
+    struct scratch m = scratch_new();
+    gfl_server_options *so = scratch_alloc(&m, sizeof *so);
+    so->size = sizeof *so;
+    so->hosts = scratch_strv(&m, (const char *const[]){"127.0.0.1", "localhost", "127.0.0.1", NULL});
+    so->port = scratch_str(&m, "0");
+    so->family = AF_INET;
+    struct srv s = {.tmpl = {.echo = true}};
+    gfl_future *f = gfl_create_server(loop, srv_factory, &s, srv_release, so);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+
+    gfl_server *server = gfl_server_ref(await_object(loop, f, gfl_server_class()));
+    gfl_future_unref(f);
+    cr_assert_eq(gfl_server_socket_count(server), 1, "127.0.0.1 three times: bound once");
+    struct rec c = {.store = true};
+    gfl_transport *t = connect_to(loop, &c, "127.0.0.1", server_port(server, 0));
+    cr_assert_eq(gfl_transport_write(t, "copy", 4), 0);
+    RUN_UNTIL(loop, c.len == 4, 5);
+    gfl_transport_close(t);
+    RUN_UNTIL(loop, c.lost, 5);
+    gfl_transport_unref(t);
+    gfl_server_close(server);
+    gfl_server_unref(server);
+    free(c.buf);
+    srv_finish(loop, &s);
+    cr_assert_eq(s.released, 1);
+}
+
+Test(tcp, server_options_are_copied_when_the_loop_closes_first)
+{
+    /* A builder still resolving when the loop closes frees its copies. */
+    struct scratch m = scratch_new();
+    gfl_server_options *so = scratch_alloc(&m, sizeof *so);
+    so->size = sizeof *so;
+    so->hosts = scratch_strv(&m, (const char *const[]){"localhost", "127.0.0.1", NULL});
+    so->port = scratch_str(&m, "0");
+    struct srv s = {0};
+    gfl_future *f = gfl_create_server(loop, srv_factory, &s, srv_release, so);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+    cr_assert_eq(gfl_loop_free(loop), 0);
+    loop = gfl_loop_new(NULL); /* for the teardown */
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_CANCELLED);
+    gfl_future_unref(f);
+    cr_assert_eq(s.released, 1);
+}
+
+Test(tcp, connect_options_are_copied)
+{
+    struct srv s = {.tmpl = {.echo = true}};
+    int port;
+    gfl_server *server = start_server(loop, &s, NULL, &port);
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    struct scratch m = scratch_new();
+    gfl_connect_options *co = scratch_alloc(&m, sizeof *co);
+    co->size = sizeof *co;
+    co->host = scratch_str(&m, "localhost"); /* resolved in the pool */
+    co->port = scratch_str(&m, ps);
+    co->family = AF_INET;
+    co->local_host = scratch_str(&m, "127.0.0.1");
+    co->local_port = scratch_str(&m, "0");
+    co->happy_eyeballs_delay = 0.25;
+    struct rec c = {.store = true};
+    gfl_future *f = gfl_create_connection(loop, one_rec_factory, &c, NULL, co);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+
+    gfl_transport *t = gfl_transport_ref(await_object(loop, f, gfl_transport_class()));
+    gfl_future_unref(f);
+    cr_assert_eq(gfl_transport_write(t, "copied", 6), 0);
+    RUN_UNTIL(loop, c.len == 6, 5);
+    gfl_transport_close(t);
+    RUN_UNTIL(loop, c.lost, 5);
+    gfl_transport_unref(t);
+    gfl_server_close(server);
+    gfl_server_unref(server);
+    free(c.buf);
+    srv_finish(loop, &s);
+}
+
+Test(tcp, server_from_socket_reads_only_the_callers_options)
+{
+    /* An old caller's struct: only `size`; nothing past it is read. */
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    struct srv s = {0};
+    gfl_server *server = gfl_server_from_socket(loop, srv_factory, &s, srv_release, l, short_options());
+    cr_assert_not_null(server);
+    cr_assert_eq(gfl_server_is_serving(server), 1, "defaults: serving");
+    gfl_server_close(server);
+    gfl_server_unref(server);
+    cr_assert_eq(s.released, 1);
+}

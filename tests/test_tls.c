@@ -1489,3 +1489,81 @@ Test(tls, factory_released_once)
     gfl_tls_context_unref(sctx);
     gfl_tls_context_unref(cctx);
 }
+
+/* ------------------------------------------------------------------ */
+/* Caller-owned options                                                */
+
+Test(tls, options_are_copied)
+{
+    /* Context options, server options (hosts resolved later), TLS options
+     * and connect options (the server_hostname defaults to the host) all
+     * live in blocks freed right after each call. */
+    struct scratch m = scratch_new();
+    gfl_tls_context_options *so = scratch_alloc(&m, sizeof *so);
+    so->size = sizeof *so;
+    so->server = 1;
+    so->cert_file = scratch_str(&m, cert("server.pem"));
+    so->key_file = scratch_str(&m, cert("server.key"));
+    so->alpn_protocols = scratch_strv(&m, (const char *const[]){"x-copied", "h2", NULL});
+    so->ciphersuites = scratch_str(&m, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384");
+    gfl_tls_context *sctx = make_ctx(so);
+    scratch_free(&m);
+
+    m = scratch_new();
+    gfl_tls_context_options *co = scratch_alloc(&m, sizeof *co);
+    co->size = sizeof *co;
+    co->ca_file = scratch_str(&m, cert("ca.pem"));
+    co->default_cas = -1;
+    co->alpn_protocols = scratch_strv(&m, (const char *const[]){"x-copied", NULL});
+    gfl_tls_context *cctx = make_ctx(co);
+    scratch_free(&m);
+
+    m = scratch_new();
+    gfl_server_options *svo = scratch_alloc(&m, sizeof *svo);
+    svo->size = sizeof *svo;
+    svo->hosts = scratch_strv(&m, (const char *const[]){"127.0.0.1", "localhost", NULL});
+    svo->port = scratch_str(&m, "0");
+    svo->family = AF_INET;
+    gfl_tls_options *sto = scratch_alloc(&m, sizeof *sto);
+    sto->size = sizeof *sto;
+    sto->context = sctx;
+    sto->shutdown_timeout = 5;
+    struct srv s = {.tmpl = {.echo = true}};
+    gfl_future *f = gfl_create_tls_server(loop, srv_factory, &s, srv_release, svo, sto);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+    gfl_server *server = gfl_server_ref(await_object(loop, f, gfl_server_class()));
+    gfl_future_unref(f);
+    struct sockaddr_in sa;
+    size_t len = sizeof sa;
+    cr_assert_eq(gfl_server_get_sockaddr(server, 0, &sa, &len), 0);
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", ntohs(sa.sin_port));
+
+    m = scratch_new();
+    gfl_connect_options *cno = scratch_alloc(&m, sizeof *cno);
+    cno->size = sizeof *cno;
+    cno->host = scratch_str(&m, "localhost");
+    cno->port = scratch_str(&m, ps);
+    cno->family = AF_INET;
+    gfl_tls_options *cto = scratch_alloc(&m, sizeof *cto);
+    cto->size = sizeof *cto;
+    cto->context = cctx;
+    cto->shutdown_timeout = 5;
+    struct rec r = {.store = true};
+    f = gfl_create_tls_connection(loop, one_rec_factory, &r, NULL, cno, cto);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+    gfl_transport *t = await_transport(f);
+    cr_assert_str_eq(info(t, "server_hostname"), "localhost");
+    cr_assert_str_eq(info(t, "alpn_protocol"), "x-copied");
+    cr_assert_eq(gfl_transport_write(t, "tls", 3), 0);
+    expect_bytes(&r, "tls");
+    close_and_wait(t, &r);
+    gfl_server_close(server);
+    gfl_server_unref(server);
+    srv_finish(loop, &s);
+    gfl_tls_context_unref(sctx);
+    gfl_tls_context_unref(cctx);
+    free(r.buf);
+}

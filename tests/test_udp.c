@@ -902,3 +902,42 @@ Test(udp, every_allocation_may_fail)
     }
     cr_assert_eq(count_fds(), fds);
 }
+
+Test(udp, options_are_copied)
+{
+    /* Names are resolved in the pool, after the call returned. */
+    struct drec srv = {.echo = true}, cli = {0};
+    struct scratch m = scratch_new();
+    gfl_datagram_options *so = scratch_alloc(&m, sizeof *so);
+    so->size = sizeof *so;
+    so->local_host = scratch_str(&m, "localhost");
+    so->local_port = scratch_str(&m, "0");
+    so->family = AF_INET;
+    gfl_future *f = gfl_create_datagram_endpoint(loop, d_factory, &srv, d_release, so);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+    gfl_transport *st = gfl_transport_ref(await_object(loop, f, gfl_transport_class()));
+    gfl_future_unref(f);
+
+    char port[16];
+    snprintf(port, sizeof port, "%d", port_of(st));
+    m = scratch_new();
+    gfl_datagram_options *co = scratch_alloc(&m, sizeof *co);
+    co->size = sizeof *co;
+    co->remote_host = scratch_str(&m, "localhost");
+    co->remote_port = scratch_str(&m, port);
+    co->local_host = scratch_str(&m, "127.0.0.1");
+    co->family = AF_INET;
+    f = gfl_create_datagram_endpoint(loop, d_factory, &cli, d_release, co);
+    cr_assert_not_null(f);
+    scratch_free(&m);
+    gfl_transport *ct = gfl_transport_ref(await_object(loop, f, gfl_transport_class()));
+    gfl_future_unref(f);
+
+    cr_assert_eq(gfl_transport_write(ct, "dgram", 5), 0);
+    RUN_UNTIL(loop, cli.n == 1, 5);
+    cr_assert(memcmp(cli.last, "dgram", 5) == 0);
+    close_and_wait(ct, &cli);
+    close_and_wait(st, &srv);
+    cr_assert_eq(released, 2);
+}

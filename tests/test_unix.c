@@ -160,3 +160,35 @@ Test(unix_sockets, socketpair_handed_in)
     gfl_transport_unref(t);
     free(c.buf);
 }
+
+Test(unix_sockets, server_options_and_paths_are_the_callers)
+{
+    /* The path is freed right after the calls; the options are an old
+     * caller's (only `size`): nothing past it is read. */
+    struct scratch m = scratch_new();
+    const char *p = scratch_str(&m, path);
+    struct srv s = {.tmpl = {.echo = true}};
+    gfl_future *f = gfl_create_unix_server(loop, srv_factory, &s, srv_release, p, 0, short_options());
+    cr_assert_not_null(f);
+    struct rec c = {.store = true};
+    gfl_future *cf = gfl_create_unix_connection(loop, one_rec_factory, &c, NULL, p, 0);
+    cr_assert_not_null(cf);
+    scratch_free(&m);
+
+    gfl_server *server = gfl_server_ref(await_object(loop, f, gfl_server_class()));
+    gfl_future_unref(f);
+    cr_assert_eq(gfl_server_is_serving(server), 1, "defaults: serving");
+    gfl_transport *t = gfl_transport_ref(await_object(loop, cf, gfl_transport_class()));
+    gfl_future_unref(cf);
+    cr_assert_eq(gfl_transport_write(t, "unix", 4), 0);
+    RUN_UNTIL(loop, c.len == 4, 5);
+    gfl_transport_close(t);
+    RUN_UNTIL(loop, c.lost, 5);
+    gfl_transport_unref(t);
+    gfl_server_close(server);
+    gfl_server_unref(server);
+    free(c.buf);
+    srv_finish(loop, &s);
+    struct stat st;
+    cr_assert_neq(stat(path, &st), 0, "the socket file was removed on close");
+}

@@ -383,3 +383,61 @@ Test(value, last_unref_in_any_thread_destroys_once)
         cr_assert_eq(atomic_load(&obj.unrefs), 1);
     }
 }
+
+/* ---- errors carrying the host's own error object ---- */
+
+Test(value, error_with_a_cause_keeps_the_hosts_object)
+{
+    struct counted exc = {0};
+    gfl_value *obj = gfl_value_object(&counted_class, &exc);
+    cr_assert_not_null(obj);
+    gfl_value *e = gfl_value_error_ex(GFL_EINVAL, "ValueError", "bad", "tb", obj);
+    cr_assert_not_null(e);
+    gfl_value_unref(obj); /* the error keeps its own reference */
+    cr_assert_eq(atomic_load(&exc.unrefs), 0);
+    cr_assert_eq(gfl_value_error_code(e), GFL_EINVAL);
+    cr_assert_str_eq(gfl_value_error_type(e), "ValueError");
+    cr_assert_str_eq(gfl_value_error_message(e), "bad");
+    cr_assert_str_eq(gfl_value_error_traceback(e), "tb");
+    gfl_value *cause = gfl_value_error_cause(e); /* borrowed */
+    cr_assert_eq(cause, obj);
+    void *back = NULL;
+    cr_assert_eq(gfl_value_get_object(cause, &counted_class, &back), 0);
+    cr_assert_eq(back, &exc, "the host gets its very own object back");
+    gfl_value_unref(e);
+    cr_assert_eq(atomic_load(&exc.refs), 1);
+    cr_assert_eq(atomic_load(&exc.unrefs), 1, "released with the error");
+}
+
+Test(value, error_cause_is_optional_and_only_on_errors)
+{
+    gfl_value *plain = gfl_value_error(GFL_EIO, NULL, NULL, NULL);
+    cr_assert_null(gfl_value_error_cause(plain));
+    gfl_value *ex = gfl_value_error_ex(GFL_EIO, NULL, NULL, NULL, NULL);
+    cr_assert_not_null(ex);
+    cr_assert_null(gfl_value_error_cause(ex));
+    cr_assert_str_eq(gfl_value_error_type(ex), "Error");
+    cr_assert_null(gfl_value_error_ex(0, "E", "m", NULL, plain), "code must be negative");
+    /* Any value may be a cause, another error too. */
+    gfl_value *chained = gfl_value_error_ex(GFL_EPIPE, "BrokenPipeError", "write", NULL, plain);
+    cr_assert_eq(gfl_value_error_cause(chained), plain);
+    gfl_value *i = gfl_value_int(3);
+    cr_assert_null(gfl_value_error_cause(i));
+    cr_assert_null(gfl_value_error_cause(NULL));
+    gfl_value_unref(i);
+    gfl_value_unref(plain);
+    gfl_value_unref(ex);
+    gfl_value_unref(chained);
+}
+
+Test(value, long_cause_chains_are_freed_without_recursion)
+{
+    gfl_value *e = gfl_value_error(GFL_EIO, NULL, "root", NULL);
+    for (int i = 0; i < 300000; i++) {
+        gfl_value *next = gfl_value_error_ex(GFL_EIO, NULL, "wrap", NULL, e);
+        cr_assert_not_null(next);
+        gfl_value_unref(e);
+        e = next;
+    }
+    gfl_value_unref(e); /* a recursive free would overflow the stack */
+}

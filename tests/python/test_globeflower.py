@@ -203,6 +203,151 @@ class TestTransports(LoopTestCase):
         self.assertEqual(self.loop.run_until_complete(main()), b"hello buffered")
 
 
+class TestCoreClient(LoopTestCase):
+    """create_connection's plain TCP path, getaddrinfo and getnameinfo run
+    on the core (gfl_create_connection, gfl_getaddrinfo, gfl_getnameinfo)."""
+
+    def test_getaddrinfo_matches_socket(self):
+        for args, kw in ((("127.0.0.1", 80), {"type": socket.SOCK_STREAM}),
+                         (("localhost", "http"), {"type": socket.SOCK_STREAM, "family": socket.AF_INET}),
+                         (("127.0.0.1", None), {"type": socket.SOCK_DGRAM})):
+            got = self.loop.run_until_complete(self.loop.getaddrinfo(*args, **kw))
+            self.assertEqual(got, socket.getaddrinfo(*args, **kw))
+            self.assertIsInstance(got[0][0], socket.AddressFamily)
+            self.assertIsInstance(got[0][1], socket.SocketKind)
+
+    def test_getaddrinfo_error_is_gaierror(self):
+        with self.assertRaises(socket.gaierror) as cm:
+            self.loop.run_until_complete(self.loop.getaddrinfo("no-such-host.invalid", 80))
+        self.assertLess(cm.exception.errno, 0)  # EAI_* codes, as socket's
+
+    def test_getnameinfo(self):
+        for sa in (("127.0.0.1", 80), ("::1", 80, 0, 0)):
+            got = self.loop.run_until_complete(self.loop.getnameinfo(sa, socket.NI_NUMERICHOST))
+            self.assertEqual(got, socket.getnameinfo(sa, socket.NI_NUMERICHOST))
+
+    def test_create_connection_and_errors(self):
+        async def main():
+            srv = await self.loop.create_server(Echo, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            t, p = await self.loop.create_connection(Echo, "localhost", port, family=socket.AF_INET,
+                                                     happy_eyeballs_delay=0.25, local_addr=("127.0.0.1", 0))
+            self.assertIsInstance(t, asyncio.Transport)
+            self.assertIsInstance(p, Echo)
+            self.assertEqual(t.get_extra_info("peername"), ("127.0.0.1", port))
+            self.assertEqual(t.get_extra_info("socket").getpeername(), ("127.0.0.1", port))
+            t.close()
+            srv.close()
+            await srv.wait_closed()
+            with self.assertRaises(ConnectionRefusedError) as cm:
+                await self.loop.create_connection(Echo, "127.0.0.1", port)
+            self.assertEqual(str(cm.exception), f"[Errno 111] Connect call failed ('127.0.0.1', {port})")
+        self.loop.run_until_complete(main())
+
+    def test_cancel_connect(self):
+        async def main():
+            # a black-holed address: the attempt stays pending until cancelled
+            task = self.loop.create_task(self.loop.create_connection(Echo, "10.255.255.1", 9))
+            await asyncio.sleep(0.05)
+            if task.done():  # no route: failed at once
+                task.exception()
+                return self.skipTest("no black-holed address here")
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+        self.loop.run_until_complete(main())
+
+
+class TestDatagrams(LoopTestCase):
+    """UDP endpoints: asyncio's set-up, the core's data path."""
+
+    def test_echo_and_errors(self):
+        loop = self.loop
+
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, t):
+                self.t = t
+
+            def datagram_received(self, data, addr):
+                self.t.sendto(data, addr)
+
+        class Client(asyncio.DatagramProtocol):
+            def __init__(self):
+                self.got, self.errors, self.lost = [], [], loop.create_future()
+
+            def connection_made(self, t):
+                self.t = t
+
+            def datagram_received(self, data, addr):
+                self.got.append((data, addr))
+
+            def error_received(self, exc):
+                self.errors.append(exc)
+
+            def connection_lost(self, exc):
+                self.lost.set_result(exc)
+
+        async def main():
+            st, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+            addr = st.get_extra_info("sockname")
+            self.assertIsInstance(st, asyncio.DatagramTransport)
+            ct, cp = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+            ct.sendto(b"one", addr)
+            ct.sendto(bytearray(b"two"), ("localhost", addr[1]))  # resolved first
+            for _ in range(100):
+                if len(cp.got) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            self.assertEqual(sorted(cp.got), [(b"one", addr), (b"two", addr)])
+            with self.assertRaises(TypeError):
+                ct.sendto("text", addr)
+            ct.close()
+            self.assertIsNone(await cp.lost)
+            # a connected endpoint learns of ICMP port unreachable
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()
+            s.close()
+            ct, cp = await loop.create_datagram_endpoint(Client, remote_addr=dead)
+            with self.assertRaises(ValueError):
+                ct.sendto(b"x", ("127.0.0.2", 1))
+            ct.sendto(b"x")
+            for _ in range(100):
+                if cp.errors:
+                    break
+                await asyncio.sleep(0.01)
+            self.assertIsInstance(cp.errors[0], ConnectionRefusedError)
+            ct.close()
+            st.close()
+            await cp.lost
+        loop.run_until_complete(main())
+
+
+class TestSignals(unittest.TestCase):
+    def test_interrupt_ends_a_blocking_poll(self):
+        # The core polls without the GIL: a signal must still end the poll.
+        import os, signal
+        if threading.current_thread() is not threading.main_thread():
+            self.skipTest("signals go to the main thread")
+        loop = globeflower.new_event_loop()
+        try:
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+            t0 = time.monotonic()
+            with self.assertRaises(KeyboardInterrupt):
+                loop.run_forever()
+            self.assertLess(time.monotonic() - t0, 2)
+        finally:
+            loop.close()
+
+    def test_close_from_another_thread(self):
+        loop = globeflower.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        th = threading.Thread(target=loop.close)
+        th.start()
+        th.join()
+        self.assertTrue(loop.is_closed())
+
+
 class TestPipes(LoopTestCase):
     def test_pipes(self):
         import os

@@ -11,7 +11,9 @@ would otherwise use. No selector is ever polled.
 
 import asyncio
 import logging
+import re
 import selectors
+import socket
 import os
 import stat
 import sys
@@ -151,6 +153,13 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
                 self, pipe, protocol, waiter, extra)
         return _core.LoopBase._make_write_pipe_transport(self, pipe, protocol, waiter, extra)
 
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        # The core's datagram path for real sockets; asyncio's for stand-ins.
+        if type(sock) is not socket.socket or "_make_datagram_transport" in self.__dict__:
+            return unix_events.SelectorEventLoop._make_datagram_transport(
+                self, sock, protocol, address, waiter, extra)
+        return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+
     def _stop_serving(self, sock):
         srv = self._gfl_servers.pop(sock.fileno(), None)
         if srv is None:
@@ -188,6 +197,90 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
                 self._set_coroutine_origin_tracking(False)
                 sys.set_asyncgen_hooks(*old_agen_hooks)
 
+    # ------------------------------------------------------------------
+    # Client connections and DNS on the core. asyncio's code stays for
+    # everything else (ssl=, sock=, debug mode's timing logs) and whenever
+    # its building blocks were replaced (tests mock getaddrinfo,
+    # sock_connect or the socket module): only the plain case moves.
+
+    def _gfl_plain(self):
+        d = self.__dict__
+        return (not self._debug and "getaddrinfo" not in d and "sock_connect" not in d
+                and "_ensure_resolved" not in d and base_events.socket is socket
+                and type(self).sock_connect is unix_events.SelectorEventLoop.sock_connect)
+
+    async def create_connection(self, protocol_factory, host=None, port=None, **kw):
+        if (host is None or port is None or not isinstance(host, str) or not isinstance(port, (int, str))
+                or not self._gfl_plain() or not kw.keys() <= _CORE_CONNECT_KW
+                or kw.get("ssl") is not None or kw.get("sock") is not None
+                or kw.get("proto", 0) not in (0, socket.IPPROTO_TCP)):
+            return await super().create_connection(protocol_factory, host, port, **kw)
+        local = kw.get("local_addr")
+        lhost = lport = None
+        if local is not None:
+            if not isinstance(local, tuple) or len(local) != 2:
+                return await super().create_connection(protocol_factory, host, port, **kw)
+            lhost, lport = local
+            lport = None if lport is None else str(lport)
+            if lhost is not None and not isinstance(lhost, str):
+                return await super().create_connection(protocol_factory, host, port, **kw)
+        delay = kw.get("happy_eyeballs_delay")
+        interleave = kw.get("interleave")
+        if delay is not None and interleave is None:
+            interleave = 1
+        self._check_closed()
+        fut = self.create_future()
+        op = self._gfl_connect(fut, protocol_factory, _idna(host), str(port), int(kw.get("family", 0)),
+                               int(kw.get("flags", 0)), _idna(lhost), lport,
+                               float(delay) if delay is not None else 0.0,
+                               int(interleave) if interleave is not None else 0)
+        try:
+            return await fut
+        except OSError as exc:
+            _asyncio_message(exc)
+            raise
+        except BaseException:
+            _core.op_cancel(op)
+            raise
+        finally:
+            fut = op = None
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        if ((host is not None and not isinstance(host, str)) or not (port is None or isinstance(port, (int, str)))
+                or self._debug or isinstance(port, bool)):
+            return await super().getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+        self._check_closed()
+        fut = self.create_future()
+        op = self._gfl_getaddrinfo(fut, _idna(host), None if port is None else str(port),
+                                   int(family), int(type), int(proto), int(flags))
+        try:
+            res = await fut
+        except BaseException:
+            _core.op_cancel(op)
+            raise
+        return [(_af(f), _sk(t), p, c, a) for f, t, p, c, a in res]
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        if (not isinstance(sockaddr, tuple) or not 2 <= len(sockaddr) <= 4
+                or not isinstance(sockaddr[0], str) or type(sockaddr[1]) is not int
+                or not all(type(x) is int for x in sockaddr[2:]) or not 0 <= sockaddr[1] <= 65535):
+            return await super().getnameinfo(sockaddr, flags)
+        host = sockaddr[0]
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if fam == socket.AF_INET and len(sockaddr) != 2:
+            return await super().getnameinfo(sockaddr, flags)
+        self._check_closed()
+        fut = self.create_future()
+        try:
+            op = self._gfl_getnameinfo(fut, fam, host, sockaddr[1], *(tuple(sockaddr[2:]) + (0, 0))[:2], int(flags))
+        except (ValueError, OverflowError):  # not numeric: asyncio's (socket's) errors
+            return await super().getnameinfo(sockaddr, flags)
+        try:
+            return await fut
+        except BaseException:
+            _core.op_cancel(op)
+            raise
+
     @classmethod
     def from_capsule(cls, capsule):
         return cls(_gfl_loop=capsule)
@@ -209,6 +302,220 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
     def __repr__(self):
         return (f"<{self.__class__.__name__} running={self.is_running()} "
                 f"closed={self.is_closed()} debug={self.get_debug()}>")
+
+
+_CORE_CONNECT_KW = frozenset((
+    "ssl", "family", "proto", "flags", "sock", "local_addr", "happy_eyeballs_delay", "interleave"))
+
+
+def _idna(host):
+    if host is None or host.isascii():
+        return host
+    return host.encode("idna").decode("ascii")
+
+
+def _af(v):
+    try:
+        return socket.AddressFamily(v)
+    except ValueError:
+        return v
+
+
+def _sk(v):
+    try:
+        return socket.SocketKind(v)
+    except ValueError:
+        return v
+
+
+_WHERE = re.compile(r"^(Connect call failed|error while attempting to bind or connect) "
+                    r"\((\[[^\]]*\]|[^\[\]:]*):(\d+)\)(?:: (.*))?$")
+
+
+def _asyncio_message(exc):
+    """The core's "Connect call failed (host:port)" in asyncio's words
+    ("Connect call failed ('host', port)")."""
+    msg = exc.strerror if exc.strerror is not None else (exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else None)
+    if not msg:
+        return
+    m = _WHERE.match(msg)
+    if not m:
+        return
+    what, host, port, why = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+    if host.startswith("["):
+        addr = (host[1:-1], port, 0, 0)
+    else:
+        addr = (host, port)
+    new = f"{what} {addr!r}"
+    if what == "error while attempting to bind or connect":
+        new = f"error while attempting to bind on address {addr!r}: {(why or '').lower()}"
+    if exc.strerror is not None:
+        exc.strerror = new
+        exc.args = (exc.errno, new)
+    else:
+        exc.args = (new,)
+
+
+class _DatagramTransport(asyncio.transports._FlowControlMixin, asyncio.DatagramTransport):
+    """asyncio's datagram transport on the core (gfl_datagram_from_socket):
+    the core receives, sends and queues; datagrams and errors go from C
+    straight to the protocol."""
+
+    max_size = 256 * 1024
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._address = address
+        self._protocol = protocol
+        self._waiter = waiter
+        self._closing = False
+        self._conn_lost = 0
+        self._protocol_paused = False
+        loop._transports[self._sock_fd] = self
+        self._core = _core.CoreDatagram(loop, sock, protocol, self)
+
+    def __repr__(self):
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<{self.__class__.__name__} fd={self._sock_fd} {state}>"
+
+    # core -> Python
+    def _gfl_made(self):
+        self._protocol.connection_made(self)
+        if self._waiter is not None:
+            futures._set_result_unless_cancelled(self._waiter, None)
+            self._waiter = None
+
+    def _gfl_lost(self, exc):
+        self._conn_lost += 1
+        try:
+            if self._protocol is not None:
+                self._protocol.connection_lost(exc)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._core = None
+
+    def _gfl_pause(self):
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed",
+                "exception": exc, "transport": self, "protocol": self._protocol})
+
+    def _gfl_resume(self):
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.resume_writing() failed",
+                "exception": exc, "transport": self, "protocol": self._protocol})
+
+    # the transport API
+    def sendto(self, data, addr=None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if not data:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+        if self._conn_lost and self._address:
+            if self._conn_lost >= asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        core = self._core
+        if core is None:
+            return
+        if self._extra["peername"]:
+            addr = None
+        try:
+            core.sendto(data, addr)
+        except ValueError:
+            # a host name: resolved as socket.sendto would (blocking)
+            try:
+                addr = socket.getaddrinfo(addr[0], addr[1], self._sock.family, socket.SOCK_DGRAM)[0][4]
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            core.sendto(data, addr)
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        if self._core is not None:
+            self._core.close()
+
+    def abort(self):
+        self._closing = True
+        if self._core is not None:
+            self._core.abort()
+
+    def _force_close(self, exc):
+        self.abort()
+
+    def is_closing(self):
+        return self._closing
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size() if self._core is not None else 0
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is not None and high < 0 or low is not None and low < 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        if high is not None and low is not None and not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        if self._core is not None:
+            self._core.set_write_buffer_limits(-1 if high is None else high, -1 if low is None else low)
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits() if self._core is not None else (0, 0)
+
+    def pause_reading(self):
+        if self._core is not None:
+            self._core.pause_reading()
+
+    def resume_reading(self):
+        if self._core is not None:
+            self._core.resume_reading()
+
+    def is_reading(self):
+        return self._core is not None and not self._closing and self._core.is_reading()
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+        if self._core is not None:
+            self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._protocol
+
+    def __del__(self, _warn=__import__("warnings").warn):
+        if self._sock is not None and not self._closing:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):

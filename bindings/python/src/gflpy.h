@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <sys/socket.h>
 
 #include <globeflower.h>
 
@@ -67,7 +68,15 @@ typedef struct gflpy_loop {
     int closed;         /* close() ran */
     int debug;          /* mirrors set_debug() */
     int stopping;       /* asyncio's _stopping (stop() was called) */
-    int backend_fd;     /* polled without the GIL; < 0 until first needed */
+    int backend_fd;     /* loops from a C host only (no poll hooks): polled
+                         * without the GIL; < 0 until first needed */
+    int hooks;          /* the core releases the GIL around its polls */
+    PyThreadState *poll_tstate; /* saved by before_poll */
+    /* Main thread only: a non-blocking pipe made Python's signal wakeup fd
+     * while the core polls (so a signal or _thread.interrupt_main() ends
+     * the poll, as EINTR ends asyncio's select); -1 until first needed. */
+    int sig_r, sig_w;
+    int sig_installed;  /* our sig_w is the wakeup fd right now */
     /* A BaseException (KeyboardInterrupt, SystemExit) raised by a callback:
      * re-raised when the iteration returns; callbacks still queued behind
      * it are re-queued for the next run, as asyncio leaves them ready. */
@@ -125,5 +134,14 @@ PyObject *gflpy_make_socket_transport(gflpy_loop *loop, PyObject *const *args, P
 /* loop._make_read_pipe_transport / _make_write_pipe_transport */
 PyObject *gflpy_make_read_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw);
 PyObject *gflpy_make_write_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject *kw);
+
+/* Client connections and DNS on the core (transport.c) */
+PyObject *gflpy_loop_connect(gflpy_loop *loop, PyObject *args);
+PyObject *gflpy_loop_getaddrinfo(gflpy_loop *loop, PyObject *args);
+PyObject *gflpy_loop_getnameinfo(gflpy_loop *loop, PyObject *args);
+PyObject *gflpy_op_cancel(PyObject *mod, PyObject *cap);
+/* A struct sockaddr as the socket module shows it; NULL (maybe no error
+ * set) when unknown. */
+PyObject *gflpy_sockaddr_to_py(const struct sockaddr *sa, size_t len);
 
 #endif

@@ -5,14 +5,24 @@
  * for the cold half (run_until_complete, servers, sock_*, executors, ...).
  *
  * Iteration and the GIL: the core's iteration polls and then runs callbacks,
- * and callbacks need the GIL. So that other threads run while the loop
- * waits, _run_once first waits for the core's backend fd without the GIL
- * (only when the loop would block: nothing ready, no timer due), then runs
- * a non-blocking core iteration with the GIL held.
+ * and callbacks need the GIL. The core calls our before_poll/after_poll
+ * hooks around every poll that may block: they release and re-take the
+ * GIL, so other threads run while the loop waits and an iteration costs
+ * one poll. (A loop a C host created has no hooks: then _run_once first
+ * waits for the core's backend fd without the GIL, only when the loop would
+ * block, and runs a non-blocking core iteration with the GIL held.)
+ *
+ * Signals: Python's handlers run in the main thread between bytecodes; a
+ * poll that blocks must end when one is due, as EINTR ends asyncio's
+ * select. While the main thread polls, Python's signal wakeup fd is (unless
+ * someone else set one) a pipe the core watches, and after_poll runs the
+ * handlers.
  */
 #include "gflpy.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -58,6 +68,156 @@ void gflpy_loop_report(gflpy_loop *loop, PyObject *handle)
 }
 
 /* ------------------------------------------------------------------ */
+/* Around the core's blocking polls                                     */
+
+static unsigned long main_ident; /* threading.main_thread().ident */
+static PyObject *set_wakeup_fd;  /* signal.set_wakeup_fd (the C function is not exported) */
+
+/* signal.set_wakeup_fd(fd): the previous fd, or -2 on error (cleared). */
+static int swap_wakeup_fd(int fd)
+{
+    PyObject *arg = PyLong_FromLong(fd);
+    PyObject *r = arg ? PyObject_CallOneArg(set_wakeup_fd, arg) : NULL;
+    Py_XDECREF(arg);
+    long old = r ? PyLong_AsLong(r) : -2;
+    Py_XDECREF(r);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return -2;
+    }
+    return (int)old;
+}
+
+static int on_main_thread(void)
+{
+    if (!main_ident) {
+        PyObject *th = PyImport_ImportModule("threading");
+        PyObject *mt = th ? PyObject_CallMethod(th, "main_thread", NULL) : NULL;
+        PyObject *id = mt ? PyObject_GetAttrString(mt, "ident") : NULL;
+        if (id)
+            main_ident = PyLong_AsUnsignedLong(id);
+        Py_XDECREF(id);
+        Py_XDECREF(mt);
+        Py_XDECREF(th);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            main_ident = 0;
+            return 0;
+        }
+    }
+    return PyThread_get_thread_ident() == main_ident;
+}
+
+static void sig_drain(void *arg)
+{
+    gflpy_loop *self = arg;
+    char buf[256];
+    while (self->sig_r >= 0 && read(self->sig_r, buf, sizeof buf) > 0)
+        ;
+}
+
+static int sig_pipe(gflpy_loop *self)
+{
+    if (self->sig_r >= 0)
+        return 0;
+    if (self->sig_r == -2 || !self->core)
+        return -1;
+    if (!set_wakeup_fd) {
+        PyObject *m = PyImport_ImportModule("signal");
+        set_wakeup_fd = m ? PyObject_GetAttrString(m, "set_wakeup_fd") : NULL;
+        Py_XDECREF(m);
+        if (!set_wakeup_fd) {
+            PyErr_Clear();
+            self->sig_r = -2;
+            return -1;
+        }
+    }
+    int p[2];
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+        self->sig_r = -2;
+        return -1;
+    }
+    if (API->add_reader(self->core, p[0], sig_drain, self) < 0) {
+        close(p[0]);
+        close(p[1]);
+        self->sig_r = -2;
+        return -1;
+    }
+    self->sig_r = p[0];
+    self->sig_w = p[1];
+    return 0;
+}
+
+static void sig_pipe_close(gflpy_loop *self)
+{
+    if (self->sig_r >= 0) {
+        if (self->core)
+            API->remove_reader(self->core, self->sig_r);
+        close(self->sig_r);
+        close(self->sig_w);
+    }
+    self->sig_r = self->sig_w = -1;
+}
+
+/* For one run (run_forever or _run_once) on the main thread: our pipe
+ * becomes Python's signal wakeup fd unless someone set one (asyncio's
+ * add_signal_handler: its self-pipe is watched by the core too). Setting
+ * it costs an fstat and an fcntl, so once per run, not per poll. */
+static void sig_install(gflpy_loop *self)
+{
+    if (self->sig_installed || !on_main_thread() || sig_pipe(self) < 0)
+        return;
+    int old = swap_wakeup_fd(self->sig_w);
+    if (old >= 0)
+        swap_wakeup_fd(old);
+    else if (old == -1)
+        self->sig_installed = 1;
+}
+
+static void sig_uninstall(gflpy_loop *self)
+{
+    if (!self->sig_installed)
+        return;
+    self->sig_installed = 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb); /* what the run raised */
+    int cur = swap_wakeup_fd(-1);
+    if (cur != self->sig_w && cur != -2)
+        swap_wakeup_fd(cur); /* a callback set its own: keep it */
+    PyErr_Restore(type, value, tb);
+}
+
+static void before_poll(gfl_loop *core, void *ud)
+{
+    (void)core;
+    gflpy_loop *self = ud;
+    self->poll_tstate = PyEval_SaveThread();
+}
+
+static void after_poll(gfl_loop *core, void *ud)
+{
+    (void)core;
+    gflpy_loop *self = ud;
+    PyEval_RestoreThread(self->poll_tstate);
+    self->poll_tstate = NULL;
+    /* asyncio's select raises what a handler raised (KeyboardInterrupt):
+     * so does this iteration, before running callbacks. */
+    if (self->sig_installed && PyErr_CheckSignals() < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb)
+            PyException_SetTraceback(value, tb);
+        Py_XDECREF(tb);
+        Py_XDECREF(type);
+        if (!self->pending_exc)
+            self->pending_exc = value;
+        else
+            Py_XDECREF(value);
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 
 static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -70,6 +230,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!self)
         return NULL;
     self->backend_fd = -1;
+    self->sig_r = self->sig_w = -1;
     if (cap && cap != Py_None) {
         gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
         if (!l) {
@@ -78,7 +239,11 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         }
         self->core = API->loop_ref(l);
     } else {
-        self->core = API->loop_new(NULL);
+        gfl_loop_options opts = {.size = sizeof opts, .before_poll = before_poll, .after_poll = after_poll,
+                                 .poll_hook_ud = self};
+        self->core = API->loop_new(&opts);
+        /* 2: timed polls too (libevent's timers are precise then). */
+        self->hooks = getenv("EVENT_PRECISE_TIMER") ? 2 : 1;
     }
     if (!self->core) {
         Py_DECREF(self);
@@ -105,6 +270,7 @@ static void core_close(gflpy_loop *self)
         API->loop_free(core);
         self->core = NULL;
     }
+    sig_pipe_close(self); /* after: its watcher went with the core loop */
     for (int i = 0; i < self->nwatch; i++) {
         watch_free(&self->readers[i]);
         watch_free(&self->writers[i]);
@@ -476,6 +642,34 @@ static PyObject *loop_add_callback(gflpy_loop *self, PyObject *h)
 /* ------------------------------------------------------------------ */
 /* One iteration                                                       */
 
+/* A loop from a C host (no poll hooks): waits for its backend fd without
+ * the GIL, then the caller runs a non-blocking core iteration. */
+static int wait_backend(gflpy_loop *self, double timeout)
+{
+    if (self->backend_fd == -1)
+        self->backend_fd = API->loop_backend_fd(self->core);
+    /* Round up, as selectors do, so a timer is never polled early. */
+    int ms = timeout < 0 ? -1 : (timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1e3));
+    struct pollfd p = {.fd = self->backend_fd, .events = POLLIN};
+    int nfds = 1;
+    if (self->backend_fd < 0) {
+        /* No backend fd: wait in slices of 1 ms without the GIL, then let
+         * the core poll. Correct, not cheap. */
+        self->backend_fd = -2;
+        nfds = 0;
+        if (ms < 0 || ms > 1)
+            ms = 1;
+    }
+    int n, err;
+    Py_BEGIN_ALLOW_THREADS
+    n = poll(nfds ? &p : NULL, (nfds_t)nfds, ms);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (n < 0 && err == EINTR && PyErr_CheckSignals() < 0)
+        return -1; /* e.g. KeyboardInterrupt from Python's SIGINT handler */
+    return 0;
+}
+
 /* One asyncio iteration; -1 with an exception set on failure. */
 static int run_one(gflpy_loop *self)
 {
@@ -484,31 +678,23 @@ static int run_one(gflpy_loop *self)
     int stop = self->stopping;
     if (flush_xq(self) < 0)
         stop = 1; /* not ours until run_once moves it here: no blocking */
+    double poll_timeout = 0;
     double timeout = stop ? 0 : API->loop_backend_timeout(self->core);
-    if (timeout != 0) {
-        if (self->backend_fd == -1)
-            self->backend_fd = API->loop_backend_fd(self->core);
-        /* Round up, as selectors do, so a timer is never polled early. */
-        int ms = timeout < 0 ? -1 : (timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1e3));
-        struct pollfd p = {.fd = self->backend_fd, .events = POLLIN};
-        int nfds = 1;
-        if (self->backend_fd < 0) {
-            /* No backend fd (not Linux/epoll/proc): wait in slices of 1 ms
-             * without the GIL, then let the core poll. Correct, not cheap. */
-            self->backend_fd = -2;
-            nfds = 0;
-            if (ms < 0 || ms > 1)
-                ms = 1;
-        }
-        int n, err;
-        Py_BEGIN_ALLOW_THREADS
-        n = poll(nfds ? &p : NULL, (nfds_t)nfds, ms);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        if (n < 0 && err == EINTR && PyErr_CheckSignals() < 0)
-            return -1; /* e.g. KeyboardInterrupt from Python's SIGINT handler */
+    if (timeout < 0 || (timeout > 0 && self->hooks > 1)) {
+        /* The core polls, releasing the GIL through our hooks. */
+        poll_timeout = -1;
+        /* A signal that came while callbacks ran in C. */
+        if (self->sig_installed && PyErr_CheckSignals() < 0)
+            return -1;
+    } else if (timeout > 0) {
+        /* A timer is due: libevent measures the poll's timeout with a coarse
+         * clock (CLOCK_MONOTONIC_COARSE, up to 4 ms late) unless the core
+         * asks for precise timers; poll the backend ourselves, rounding up
+         * to the millisecond like selectors do. */
+        if (wait_backend(self, timeout) < 0)
+            return -1;
     }
-    int rc = API->loop_run_once(self->core, 0);
+    int rc = API->loop_run_once(self->core, poll_timeout);
     if (rc >= 0 && flush_xq(self) < 0)
         PyErr_Clear();
     if (self->pending_exc) {
@@ -528,7 +714,12 @@ static int run_one(gflpy_loop *self)
 static PyObject *loop_run_once(gflpy_loop *self, PyObject *unused)
 {
     (void)unused;
-    if (run_one(self) < 0)
+    int installed = self->sig_installed;
+    sig_install(self);
+    int rc = run_one(self);
+    if (!installed)
+        sig_uninstall(self);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -538,12 +729,17 @@ static PyObject *loop_run_once(gflpy_loop *self, PyObject *unused)
 static PyObject *loop_run_until_stopped(gflpy_loop *self, PyObject *unused)
 {
     (void)unused;
+    int installed = self->sig_installed;
+    sig_install(self);
+    int rc;
     for (;;) {
-        if (run_one(self) < 0)
-            return NULL;
-        if (self->stopping)
+        if ((rc = run_one(self)) < 0 || self->stopping)
             break;
     }
+    if (!installed)
+        sig_uninstall(self);
+    if (rc < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -829,6 +1025,9 @@ static PyMethodDef loop_methods[] = {
      "A PyCapsule (name \"globeflower.loop\") holding the core gfl_loop* (borrowed)."},
     {"_make_read_pipe_transport", (PyCFunction)(void (*)(void))gflpy_make_read_pipe_transport, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_make_write_pipe_transport", (PyCFunction)(void (*)(void))gflpy_make_write_pipe_transport, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_gfl_connect", (PyCFunction)gflpy_loop_connect, METH_VARARGS, NULL},
+    {"_gfl_getaddrinfo", (PyCFunction)gflpy_loop_getaddrinfo, METH_VARARGS, NULL},
+    {"_gfl_getnameinfo", (PyCFunction)gflpy_loop_getnameinfo, METH_VARARGS, NULL},
     {"_make_socket_transport", (PyCFunction)(void (*)(void))loop_make_socket_transport, METH_FASTCALL | METH_KEYWORDS, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -62,13 +62,23 @@ static PyObject *class_by_name(const char *type)
 
 PyObject *gflpy_exception_from_value(gfl_value *error)
 {
+    PyObject *e;
     int code = API->value_error_code(error);
     const char *type = API->value_error_type(error);
     const char *msg = API->value_error_message(error);
     if (!msg)
         msg = API->strerror(code);
     PyObject *cls = class_by_name(type);
-    PyObject *e;
+    /* "[Errno N] text": Python's own str() of OSError(N, text). */
+    int n, skip = 0;
+    if (strncmp(msg, "[Errno ", 7) == 0 && sscanf(msg, "[Errno %d] %n", &n, &skip) == 1 && skip > 0 &&
+        (!cls || PyObject_IsSubclass(cls, PyExc_OSError) == 1)) {
+        PyErr_Clear();
+        e = PyObject_CallFunction(cls ? cls : PyExc_OSError, "is", n, msg + skip);
+        Py_XDECREF(cls);
+        return e;
+    }
+    PyErr_Clear();
     if (code > -4000 && code < 0 && (!cls || PyObject_IsSubclass(cls, PyExc_OSError) == 1))
         e = PyObject_CallFunction(cls ? cls : PyExc_OSError, "is", -code, msg);
     else
@@ -129,6 +139,7 @@ static PyObject *mod_abi_version(PyObject *self, PyObject *unused)
 
 static PyMethodDef module_methods[] = {
     {"_setup", mod_setup, METH_O, "Internal: receives the Python-level helpers."},
+    {"op_cancel", gflpy_op_cancel, METH_O, "Internal: abandons a core operation."},
     {"abi_version", mod_abi_version, METH_NOARGS, "The (major, minor) ABI version of the core in use."},
     {NULL, NULL, 0, NULL},
 };

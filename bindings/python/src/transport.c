@@ -15,6 +15,7 @@
 #include "gflpy.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -419,7 +420,7 @@ static int attach_server(PyObject *self, PyObject *server)
 /* A socket address as the socket module returns it: (host, port) for
  * IPv4, (host, port, flowinfo, scope_id) for IPv6, the path for Unix
  * sockets (bytes for abstract names, '' when unnamed). NULL: unknown. */
-static PyObject *sockaddr_to_py(const struct sockaddr *sa, size_t len)
+PyObject *gflpy_sockaddr_to_py(const struct sockaddr *sa, size_t len)
 {
     char host[INET6_ADDRSTRLEN];
     if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
@@ -461,7 +462,7 @@ static int fill_addresses(PyObject *self, gfl_transport *t)
         size_t len = sizeof ss;
         PyObject *v = NULL;
         if (API->transport_get_sockaddr(t, peer, &ss, &len) == 0)
-            v = sockaddr_to_py((struct sockaddr *)&ss, len);
+            v = gflpy_sockaddr_to_py((struct sockaddr *)&ss, len);
         if (!v && PyErr_Occurred())
             PyErr_Clear();
         if (PyDict_SetItemString(s->extra, names[peer], v ? v : Py_None) < 0) {
@@ -1198,4 +1199,316 @@ int gflpy_transport_init_type(PyObject *module)
 {
     (void)module;
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Client connections and DNS on the core (loop.create_connection's     */
+/* plain-TCP path, loop.getaddrinfo, loop.getnameinfo; see _loop.py)    */
+
+/* One core operation completing an asyncio future. Shared by the core's
+ * done callback and the Python handle (a capsule, for cancel): freed when
+ * both let go. */
+typedef struct core_op {
+    int refs;
+    int kind; /* 0: connection, 1: getaddrinfo, 2: getnameinfo */
+    gflpy_loop *loop;
+    PyObject *fut;       /* asyncio future */
+    PyObject *factory;   /* protocol_factory (connections) */
+    PyObject *transport; /* made by the factory */
+    PyObject *protocol;
+    PyObject *error;     /* raised by the protocol factory */
+    int canon;           /* AI_CANONNAME was asked */
+    gfl_future *cf;      /* NULL once done */
+} core_op;
+
+static void op_unref(core_op *op)
+{
+    if (--op->refs > 0)
+        return;
+    Py_XDECREF(op->loop);
+    Py_XDECREF(op->fut);
+    Py_XDECREF(op->factory);
+    Py_XDECREF(op->transport);
+    Py_XDECREF(op->protocol);
+    Py_XDECREF(op->error);
+    PyMem_Free(op);
+}
+
+static void op_capsule_free(PyObject *cap)
+{
+    core_op *op = PyCapsule_GetPointer(cap, "globeflower.core_op");
+    if (op)
+        op_unref(op);
+}
+
+static int connect_factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void **ud)
+{
+    core_op *op = fud;
+    PyObject *protocol = PyObject_CallNoArgs(op->factory);
+    if (!protocol || gflpy_transport_accepted(op->loop, t, protocol, NULL, proto, ud) < 0) {
+        Py_XDECREF(protocol);
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb && value)
+            PyException_SetTraceback(value, tb);
+        Py_XDECREF(tb);
+        Py_XDECREF(type);
+        Py_XSETREF(op->error, value);
+        return GFL_EIO;
+    }
+    Py_XSETREF(op->protocol, protocol);
+    Py_INCREF((PyObject *)*ud);
+    Py_XSETREF(op->transport, (PyObject *)*ud);
+    return 0;
+}
+
+static PyObject *addrinfo_to_list(core_op *op, const gfl_addrinfo *ai)
+{
+    int n = API->addrinfo_count(ai);
+    PyObject *list = PyList_New(0);
+    const char *canon = API->addrinfo_canonname(ai);
+    for (int i = 0; list && i < n; i++) {
+        size_t len;
+        const void *sa = API->addrinfo_addr(ai, i, &len);
+        PyObject *addr = sa ? gflpy_sockaddr_to_py(sa, len) : NULL;
+        if (!addr) {
+            if (PyErr_Occurred())
+                goto fail;
+            continue; /* a family the socket module would not show either */
+        }
+        PyObject *item = Py_BuildValue("(iiisN)", API->addrinfo_family(ai, i), API->addrinfo_socktype(ai, i),
+                                       API->addrinfo_protocol(ai, i), (i == 0 && op->canon && canon) ? canon : "",
+                                       addr);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    return list;
+fail:
+    Py_XDECREF(list);
+    return NULL;
+}
+
+static void fut_call(PyObject *fut, const char *method, PyObject *arg)
+{
+    PyObject *name = PyUnicode_FromString(method);
+    PyObject *r = name ? PyObject_CallMethodOneArg(fut, name, arg) : NULL;
+    Py_XDECREF(name);
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_WriteUnraisable(fut);
+}
+
+static void op_done(gfl_future *f, void *arg)
+{
+    core_op *op = arg;
+    op->cf = NULL;
+    int state = API->future_state_of(f);
+    PyObject *r = PyObject_CallMethod(op->fut, "done", NULL);
+    int fut_done = r ? PyObject_IsTrue(r) : 1;
+    Py_XDECREF(r);
+    PyErr_Clear();
+    if (state == GFL_FUTURE_RESULT) {
+        gfl_value *v = API->future_value(f);
+        PyObject *res = NULL;
+        if (op->kind == 0) {
+            if (op->transport && op->protocol)
+                res = PyTuple_Pack(2, op->transport, op->protocol);
+            if (fut_done && op->transport) {
+                /* abandoned (cancelled) meanwhile: asyncio closes it too */
+                PyObject *c = PyObject_CallMethod(op->transport, "close", NULL);
+                Py_XDECREF(c);
+                PyErr_Clear();
+            }
+        } else if (op->kind == 1) {
+            void *ai;
+            if (API->value_get_object(v, API->addrinfo_class(), &ai) == 0)
+                res = addrinfo_to_list(op, ai);
+        } else {
+            void *ni;
+            if (API->value_get_object(v, API->nameinfo_class(), &ni) == 0)
+                res = Py_BuildValue("(ss)", API->nameinfo_host(ni), API->nameinfo_service(ni));
+        }
+        if (!res && !PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "globeflower: unexpected core result");
+        if (!fut_done) {
+            if (res)
+                fut_call(op->fut, "set_result", res);
+            else {
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                fut_call(op->fut, "set_exception", value ? value : Py_None);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+            }
+        }
+        PyErr_Clear();
+        Py_XDECREF(res);
+    } else if (state == GFL_FUTURE_ERROR && !fut_done) {
+        PyObject *e = op->error;
+        if (e)
+            Py_INCREF(e);
+        else
+            e = gflpy_exception_from_value(API->future_value(f));
+        if (e) {
+            fut_call(op->fut, "set_exception", e);
+            Py_DECREF(e);
+        }
+        PyErr_Clear();
+    } else if (state == GFL_FUTURE_ERROR) {
+        (void)API->future_value(f); /* retrieved: nobody waits for it */
+    }
+    API->future_unref(f);
+    op_unref(op);
+}
+
+static core_op *op_new(gflpy_loop *loop, PyObject *fut, int kind)
+{
+    core_op *op = PyMem_Calloc(1, sizeof *op);
+    if (!op) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    op->refs = 1;
+    op->kind = kind;
+    Py_INCREF(loop);
+    op->loop = loop;
+    Py_INCREF(fut);
+    op->fut = fut;
+    return op;
+}
+
+/* Hands `cf` to `op` (a done callback keeps op alive) and returns the
+ * Python handle (a capsule) used for cancelling. */
+static PyObject *op_start(core_op *op, gfl_future *cf)
+{
+    if (!cf) {
+        op_unref(op);
+        return PyErr_Format(PyExc_OSError, "globeflower: the core refused the operation");
+    }
+    op->cf = cf;
+    op->refs++;
+    int rc = API->future_add_done_callback(cf, op_done, op);
+    if (rc < 0) {
+        op->refs--;
+        API->future_cancel(cf, NULL);
+        API->future_unref(cf);
+        op_unref(op);
+        return gflpy_raise(rc);
+    }
+    PyObject *cap = PyCapsule_New(op, "globeflower.core_op", op_capsule_free);
+    if (!cap)
+        op_unref(op);
+    return cap;
+}
+
+static int check_loop(gflpy_loop *loop)
+{
+    if (loop->closed || !loop->core) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* loop._gfl_connect(fut, protocol_factory, host, port, family, flags,
+ *                   local_host, local_port, happy_eyeballs_delay, interleave) */
+PyObject *gflpy_loop_connect(gflpy_loop *loop, PyObject *args)
+{
+    PyObject *fut, *pf;
+    const char *host, *port, *lhost, *lport;
+    int family, flags, interleave;
+    double delay;
+    if (!PyArg_ParseTuple(args, "OOssiizzdi", &fut, &pf, &host, &port, &family, &flags, &lhost, &lport, &delay,
+                          &interleave))
+        return NULL;
+    if (check_loop(loop) < 0)
+        return NULL;
+    core_op *op = op_new(loop, fut, 0);
+    if (!op)
+        return NULL;
+    Py_INCREF(pf);
+    op->factory = pf;
+    gfl_connect_options o = {.size = sizeof o, .host = host, .port = port, .family = family, .flags = flags,
+                             .local_host = lhost, .local_port = lport,
+                             .happy_eyeballs_delay = delay, .interleave = interleave};
+    if (lhost || lport) {
+        o.local_host = lhost ? lhost : NULL;
+        o.local_port = lport ? lport : "0";
+    }
+    return op_start(op, API->create_connection(loop->core, connect_factory, op, NULL, &o));
+}
+
+/* loop._gfl_getaddrinfo(fut, host, port, family, type, proto, flags):
+ * the future gets [(family, type, proto, canonname, sockaddr)] with ints. */
+PyObject *gflpy_loop_getaddrinfo(gflpy_loop *loop, PyObject *args)
+{
+    PyObject *fut;
+    const char *host, *port;
+    int family, type, proto, flags;
+    if (!PyArg_ParseTuple(args, "Ozziiii", &fut, &host, &port, &family, &type, &proto, &flags))
+        return NULL;
+    if (check_loop(loop) < 0)
+        return NULL;
+    core_op *op = op_new(loop, fut, 1);
+    if (!op)
+        return NULL;
+    op->canon = (flags & AI_CANONNAME) != 0;
+    return op_start(op, API->getaddrinfo(loop->core, host, port, family, type, proto, flags));
+}
+
+/* loop._gfl_getnameinfo(fut, family, host, port, flowinfo, scope_id, flags):
+ * numeric hosts only (the caller checks). */
+PyObject *gflpy_loop_getnameinfo(gflpy_loop *loop, PyObject *args)
+{
+    PyObject *fut;
+    const char *host;
+    int family, port, flags;
+    unsigned int flowinfo, scope;
+    if (!PyArg_ParseTuple(args, "OisiIIi", &fut, &family, &host, &port, &flowinfo, &scope, &flags))
+        return NULL;
+    if (check_loop(loop) < 0)
+        return NULL;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    size_t len;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (void *)&ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return PyErr_Format(PyExc_ValueError, "not a numeric IPv4 address");
+        len = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (void *)&ss;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        in6->sin6_flowinfo = htonl(flowinfo);
+        in6->sin6_scope_id = scope;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            return PyErr_Format(PyExc_ValueError, "not a numeric IPv6 address");
+        len = sizeof *in6;
+    }
+    core_op *op = op_new(loop, fut, 2);
+    if (!op)
+        return NULL;
+    return op_start(op, API->getnameinfo(loop->core, &ss, len, flags));
+}
+
+/* _core.op_cancel(handle): abandons the core operation. */
+PyObject *gflpy_op_cancel(PyObject *mod, PyObject *cap)
+{
+    (void)mod;
+    core_op *op = PyCapsule_GetPointer(cap, "globeflower.core_op");
+    if (!op)
+        return NULL;
+    if (op->cf)
+        API->future_cancel(op->cf, NULL);
+    Py_RETURN_NONE;
 }
