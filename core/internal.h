@@ -84,7 +84,11 @@ struct gfl_loop {
     void *realloc_ud;
 
     struct event_base *base;
-    struct event *poll_timeout; /* bounds the poll; its callback does nothing */
+    /* Bounds a blocking poll: a timerfd, because libevent's own timers run
+     * on a coarse clock and would fire up to 4 ms late. */
+    int poll_timer_fd;
+    bool poll_timer_armed;
+    struct event *poll_timeout;
     pthread_t owner;
 
     int refs;     /* public references: the loop closes when they reach 0 */

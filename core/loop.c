@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -65,9 +67,11 @@ int gfl__check_loop(const gfl_loop *loop)
 static void poll_timeout_fired(evutil_socket_t fd, short what, void *arg)
 {
     /* Only there to end the poll; the iteration does the work. */
-    (void)fd;
     (void)what;
-    (void)arg;
+    ((gfl_loop *)arg)->poll_timer_armed = false;
+    uint64_t expirations;
+    while (read(fd, &expirations, sizeof expirations) < 0 && errno == EINTR)
+        ;
 }
 
 gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
@@ -140,15 +144,20 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     event_config_free(cfg);
     if (!loop->base)
         goto fail;
-    loop->poll_timeout = evtimer_new(loop->base, poll_timeout_fired, NULL);
-    if (!loop->poll_timeout)
+    loop->poll_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (loop->poll_timer_fd < 0)
         goto fail_base;
-    if (gfl__threadsafe_init(loop) < 0)
+    loop->poll_timeout = event_new(loop->base, loop->poll_timer_fd, EV_READ | EV_PERSIST, poll_timeout_fired, loop);
+    if (!loop->poll_timeout)
+        goto fail_timerfd;
+    if (event_add(loop->poll_timeout, NULL) < 0 || gfl__threadsafe_init(loop) < 0)
         goto fail_timer;
     return loop;
 
 fail_timer:
     event_free(loop->poll_timeout);
+fail_timerfd:
+    close(loop->poll_timer_fd);
 fail_base:
     event_base_free(loop->base);
 fail:
@@ -192,6 +201,8 @@ static void close_loop(gfl_loop *loop)
 
     event_free(loop->poll_timeout);
     loop->poll_timeout = NULL;
+    close(loop->poll_timer_fd);
+    loop->poll_timer_fd = -1;
     event_base_free(loop->base);
     loop->base = NULL;
 
@@ -264,17 +275,22 @@ static void poll_io(gfl_loop *loop, double timeout)
     }
     if (loop->before_poll)
         loop->before_poll(loop, loop->poll_hook_ud);
-    if (timeout > 0) {
-        struct timeval tv;
-        if (timeout > 86400.0 * 365)
-            timeout = 86400.0 * 365;
-        tv.tv_sec = (time_t)timeout;
-        tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
-        event_add(loop->poll_timeout, &tv);
+    /* One-shot: re-arming replaces an earlier deadline; a poll without one
+     * disarms a deadline left from an earlier poll that ended early. */
+    if (timeout > 0 || loop->poll_timer_armed) {
+        struct itimerspec its = {{0, 0}, {0, 0}}; /* zero: disarm */
+        if (timeout > 0) {
+            if (timeout > 86400.0 * 365)
+                timeout = 86400.0 * 365;
+            its.it_value.tv_sec = (time_t)timeout;
+            its.it_value.tv_nsec = (long)((timeout - (double)its.it_value.tv_sec) * 1e9);
+            if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+                its.it_value.tv_nsec = 1; /* zero would disarm it */
+        }
+        loop->poll_timer_armed = timeout > 0;
+        timerfd_settime(loop->poll_timer_fd, 0, &its, NULL);
     }
     event_base_loop(loop->base, EVLOOP_ONCE);
-    if (timeout > 0)
-        event_del(loop->poll_timeout);
     if (loop->after_poll)
         loop->after_poll(loop, loop->poll_hook_ud);
 }
