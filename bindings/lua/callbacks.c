@@ -129,7 +129,7 @@ static int l_call_at(lua_State *L)
 
 static int handle_cancel(lua_State *L)
 {
-    lua_handle *u = luaL_checkudata(L, 1, HANDLE_MT);
+    lua_handle *u = gfl_lua_checkself(L, 1, HANDLE_MT);
     int rc = GFL->handle_cancel(gfl_lua_rt_get(L)->loop, u->h);
     lua_pushboolean(L, rc == 0);
     return 1;
@@ -137,14 +137,14 @@ static int handle_cancel(lua_State *L)
 
 static int handle_pending(lua_State *L)
 {
-    lua_handle *u = luaL_checkudata(L, 1, HANDLE_MT);
+    lua_handle *u = gfl_lua_checkself(L, 1, HANDLE_MT);
     lua_pushboolean(L, GFL->handle_is_pending(gfl_lua_rt_get(L)->loop, u->h) == 1);
     return 1;
 }
 
 static int handle_when(lua_State *L)
 {
-    lua_handle *u = luaL_checkudata(L, 1, HANDLE_MT);
+    lua_handle *u = gfl_lua_checkself(L, 1, HANDLE_MT);
     if (u->when < 0)
         return 0;
     lua_pushnumber(L, u->when);
@@ -206,10 +206,14 @@ static const struct {
     {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT}, {"SIGTERM", SIGTERM},
     {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGCHLD", SIGCHLD}, {"SIGWINCH", SIGWINCH},
     {"SIGPIPE", SIGPIPE}, {"SIGALRM", SIGALRM}, {"SIGKILL", SIGKILL}, {"SIGCONT", SIGCONT},
-    {"SIGSTOP", SIGSTOP}, {"SIGTSTP", SIGTSTP},
+    {"SIGSTOP", SIGSTOP}, {"SIGTSTP", SIGTSTP}, {"SIGABRT", SIGABRT}, {"SIGBUS", SIGBUS},
+    {"SIGFPE", SIGFPE}, {"SIGILL", SIGILL}, {"SIGSEGV", SIGSEGV}, {"SIGTRAP", SIGTRAP},
+    {"SIGTTIN", SIGTTIN}, {"SIGTTOU", SIGTTOU}, {"SIGURG", SIGURG}, {"SIGXCPU", SIGXCPU},
+    {"SIGXFSZ", SIGXFSZ}, {"SIGVTALRM", SIGVTALRM}, {"SIGPROF", SIGPROF}, {"SIGSYS", SIGSYS},
+    {"SIGIO", SIGIO},
 };
 
-static int check_signal(lua_State *L, int idx)
+int gfl_lua_check_signal(lua_State *L, int idx)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
         const char *name = lua_tostring(L, idx);
@@ -255,7 +259,7 @@ static int signal_box_gc(lua_State *L)
 static int l_add_signal_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    int signum = check_signal(L, 1);
+    int signum = gfl_lua_check_signal(L, 1);
     struct lua_callback *cb = pack_callback(L, rt, 2);
     struct lua_callback **box = gfl_newuserdata(L, sizeof *box);
     *box = cb;
@@ -265,8 +269,15 @@ static int l_add_signal_handler(lua_State *L)
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     int rc = GFL->add_signal_handler(rt->loop, signum, signal_run, cb);
-    if (rc < 0)
+    if (rc < 0) {
+        /* Not installed: the box must not remove a handler installed
+         * earlier for this signal when it is collected. */
+        *box = NULL;
+        luaL_unref(L, LUA_REGISTRYINDEX, cb->ref);
+        gfl_lua_rt_unref(rt);
+        free(cb);
         return gfl_lua_fail(L, "add_signal_handler", rc);
+    }
     /* Replacing an old box: unregistering is skipped, the new one is in. */
     lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
     lua_pushinteger(L, signum);
@@ -289,7 +300,7 @@ static int l_add_signal_handler(lua_State *L)
 static int l_remove_signal_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    int signum = check_signal(L, 1);
+    int signum = gfl_lua_check_signal(L, 1);
     int rc = GFL->remove_signal_handler(rt->loop, signum);
     lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
     lua_pushinteger(L, signum);

@@ -4,6 +4,7 @@
  */
 #include "gfl_lua.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +24,82 @@ int gfl_lua_push_sockaddr(lua_State *L, const void *addr, size_t len)
         lua_pushlstring(L, un->sun_path, n);
         return 1;
     }
+    /* The common cases without getnameinfo (datagrams arrive by the
+     * thousand); scoped IPv6 addresses take the general path. */
     char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (len >= sizeof(struct sockaddr_in) && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = addr;
+        if (!inet_ntop(AF_INET, &in->sin_addr, host, sizeof host))
+            return 0;
+        lua_pushstring(L, host);
+        lua_pushinteger(L, (lua_Integer)ntohs(in->sin_port));
+        return 2;
+    }
+    if (len >= sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6 &&
+        ((const struct sockaddr_in6 *)addr)->sin6_scope_id == 0) {
+        const struct sockaddr_in6 *in6 = addr;
+        if (!inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host))
+            return 0;
+        lua_pushstring(L, host);
+        lua_pushinteger(L, (lua_Integer)ntohs(in6->sin6_port));
+        return 2;
+    }
     if (getnameinfo(sa, (socklen_t)len, host, sizeof host, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         return 0;
     lua_pushstring(L, host);
     lua_pushinteger(L, (lua_Integer)atoi(serv));
     return 2;
+}
+
+int gfl_lua_to_sockaddr(lua_State *L, int idx, int family, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    size_t hlen;
+    const char *host = luaL_checklstring(L, idx, &hlen);
+    if (family == AF_UNIX || (lua_isnoneornil(L, idx + 1) && family != AF_INET && family != AF_INET6)) {
+        struct sockaddr_un *un = (struct sockaddr_un *)ss;
+        if (hlen == 0 || hlen > sizeof un->sun_path)
+            return luaL_argerror(L, idx, "bad Unix socket path");
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, host, hlen);
+        /* Abstract names ("\0name") count exactly; paths get their NUL. */
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + hlen + (host[0] != '\0' && hlen < sizeof un->sun_path));
+        return 0;
+    }
+    lua_Integer port = luaL_checkinteger(L, idx + 1);
+    luaL_argcheck(L, port >= 0 && port <= 65535, idx + 1, "port out of range");
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        *len = sizeof *in;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *in6;
+        return 0;
+    }
+    /* Scoped IPv6 ("fe80::1%eth0"): still numeric, never a lookup. */
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_flags = AI_NUMERICHOST;
+    hints.ai_socktype = SOCK_DGRAM;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res || res->ai_addrlen > sizeof *ss) {
+        if (res)
+            freeaddrinfo(res);
+        return luaL_argerror(L, idx, "a numeric IP address expected (resolve names with gfl.getaddrinfo)");
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = (socklen_t)res->ai_addrlen;
+    freeaddrinfo(res);
+    if (ss->ss_family == AF_INET6)
+        in6->sin6_port = htons((uint16_t)port);
+    else
+        in->sin_port = htons((uint16_t)port);
+    return 0;
 }
 
 /* internal: getaddrinfo(host, port, family, socktype, protocol, flags) -> future */

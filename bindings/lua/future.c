@@ -54,7 +54,7 @@ gfl_lua_future *gfl_lua_future_push(lua_State *L, gfl_lua_rt *rt, gfl_future *f)
 
 gfl_lua_future *gfl_lua_future_check(lua_State *L, int idx)
 {
-    gfl_lua_future *fu = luaL_checkudata(L, idx, GFL_LUA_FUTURE);
+    gfl_lua_future *fu = gfl_lua_checkself(L, idx, GFL_LUA_FUTURE);
     if (!fu->f)
         luaL_error(L, "future already finalised");
     return fu;
@@ -104,7 +104,7 @@ static void done_callback(gfl_future *f, void *arg)
 
 static int future_gc(lua_State *L)
 {
-    gfl_lua_future *fu = luaL_checkudata(L, 1, GFL_LUA_FUTURE);
+    gfl_lua_future *fu = gfl_lua_checkself(L, 1, GFL_LUA_FUTURE);
     while (fu->cbs) {
         struct gfl_lua_donecb *cb = fu->cbs;
         fu->cbs = cb->next;
@@ -282,7 +282,7 @@ static int future_add_done_callback(lua_State *L)
 
 static int future_tostring(lua_State *L)
 {
-    gfl_lua_future *fu = luaL_checkudata(L, 1, GFL_LUA_FUTURE);
+    gfl_lua_future *fu = gfl_lua_checkself(L, 1, GFL_LUA_FUTURE);
     lua_pushfstring(L, "%s: %p", fu->task ? "globeflower.Task" : "globeflower.Future", (void *)fu->f);
     return 1;
 }

@@ -40,6 +40,7 @@ struct gfl_lua_rt {
     int ref_internal;   /* the table of internals shared with the prelude */
     struct gfl_lua_task *current; /* the task whose step is running */
     struct gfl_lua_dead *dead;    /* Lua objects released off the loop thread */
+    void *loop_obj;               /* the gfl.loop() userdata (anchored in the registry) */
 };
 
 /* A registry reference to free on the loop thread. */
@@ -49,6 +50,9 @@ struct gfl_lua_dead {
 };
 
 gfl_lua_rt *gfl_lua_rt_get(lua_State *L);
+/* The registry's anchor of the runtime (NULL before luaopen; *slot NULL
+ * once the state is closing). */
+gfl_lua_rt **gfl_lua_rt_slot(lua_State *L);
 void gfl_lua_rt_ref(gfl_lua_rt *rt);
 void gfl_lua_rt_unref(gfl_lua_rt *rt);
 /* Frees Lua objects whose gfl values died in another thread. */
@@ -113,14 +117,50 @@ void gfl_lua_open_protocol(lua_State *L, int internal);
 void gfl_lua_open_dns(lua_State *L, int internal);
 void gfl_lua_open_datagram(lua_State *L, int internal);
 void gfl_lua_open_process(lua_State *L, int internal);
+void gfl_lua_open_tls(lua_State *L, int internal);
+
+/* The `tls` (or `ssl`) field of the options table at `opts`: 0 when absent
+ * or false; else fills *tls (its context is held by one object this pushes
+ * on the stack, which the caller leaves there until the call is made) and
+ * returns 1. `server`: for a server (a server context). Raises on bad
+ * options and on certificate files that do not load. */
+int gfl_lua_tls_options(lua_State *L, int opts, int server, gfl_tls_options *tls);
+
+/* luaL_checkudata for the object of a method that gfl_lua_newclass
+ * registered (those get their class's metatable as upvalue 1): one
+ * metatable comparison instead of a lookup by name. Anywhere else it falls
+ * back to luaL_checkudata. */
+static inline void *gfl_lua_checkself(lua_State *L, int idx, const char *tname)
+{
+    void *p = lua_touserdata(L, idx);
+    if (p && lua_getmetatable(L, idx)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same)
+            return p;
+    }
+    return luaL_checkudata(L, idx, tname);
+}
+
+/* gfl_future_add_done_callback_ex when the core has it (ABI 1.2: release
+ * runs if the callback never will, e.g. the loop closed first), else the
+ * plain one (then `release` is never called). */
+int gfl_lua_add_done_callback(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release);
 
 /* Sets the functions of `l` into the table at `idx`. */
 void gfl_lua_register(lua_State *L, int idx, const luaL_Reg *l);
-/* A metatable named `name` with `methods` as __index (and __gc, if given). */
+/* A metatable named `name` with `methods` as __index (and __gc, if given);
+ * each method and __gc gets the metatable as upvalue 1 (gfl_lua_checkself). */
 void gfl_lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
 
 /* Addresses as Lua sees them: "host", port. Returns values pushed. */
 int gfl_lua_push_sockaddr(lua_State *L, const void *addr, size_t len);
+/* Lua "host", port (numeric only: no lookups) or, when `family` is AF_UNIX
+ * or no port follows, a Unix socket path at idx -> *ss; raises on bad
+ * input. */
+int gfl_lua_to_sockaddr(lua_State *L, int idx, int family, struct sockaddr_storage *ss, socklen_t *len);
+/* A signal number from a number or a name ("SIGTERM", "TERM") at idx. */
+int gfl_lua_check_signal(lua_State *L, int idx);
 /* Options table field helpers (idx may be 0 for "no table"). */
 const char *gfl_lua_opt_string(lua_State *L, int idx, const char *key, const char *def);
 double gfl_lua_opt_number(lua_State *L, int idx, const char *key, double def);

@@ -16,7 +16,19 @@
 
 const gfl_api *GFL;
 
-#define RT_KEY "globeflower.runtime"
+/* The registry slot of the runtime: a light userdata key (looked up on
+ * every call, so no string hashing and comparing). */
+static const char rt_key;
+
+/* The runtime's anchor userdata (NULL before the module is opened). */
+gfl_lua_rt **gfl_lua_rt_slot(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&rt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    gfl_lua_rt **p = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return p;
+}
 
 /* ---- the runtime ---- */
 
@@ -42,9 +54,7 @@ void gfl_lua_rt_unref(gfl_lua_rt *rt)
 
 gfl_lua_rt *gfl_lua_rt_get(lua_State *L)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, RT_KEY);
-    gfl_lua_rt **p = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    gfl_lua_rt **p = gfl_lua_rt_slot(L);
     if (!p || !*p || !(*p)->L)
         luaL_error(L, "globeflower: the module is not initialised (or its state is closing)");
     return *p;
@@ -52,6 +62,8 @@ gfl_lua_rt *gfl_lua_rt_get(lua_State *L)
 
 void gfl_lua_rt_collect(gfl_lua_rt *rt)
 {
+    if (!__atomic_load_n(&rt->dead, __ATOMIC_RELAXED))
+        return; /* the usual case, without a locked instruction */
     struct gfl_lua_dead *d = __atomic_exchange_n(&rt->dead, NULL, __ATOMIC_ACQ_REL);
     while (d) {
         struct gfl_lua_dead *next = d->next;
@@ -113,6 +125,13 @@ int gfl_lua_push_failure_value(lua_State *L, const gfl_value *error)
     return 3;
 }
 
+int gfl_lua_add_done_callback(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release)
+{
+    if (GFL_API_HAS(GFL, future_add_done_callback_ex))
+        return GFL->future_add_done_callback_ex(f, cb, arg, release);
+    return GFL->future_add_done_callback(f, cb, arg);
+}
+
 void gfl_lua_register(lua_State *L, int idx, const luaL_Reg *l)
 {
     idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
@@ -125,12 +144,18 @@ void gfl_lua_register(lua_State *L, int idx, const luaL_Reg *l)
 void gfl_lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
 {
     luaL_newmetatable(L, name);
+    int mt = lua_gettop(L);
     lua_newtable(L);
-    gfl_lua_register(L, -1, methods);
-    lua_setfield(L, -2, "__index");
+    for (const luaL_Reg *l = methods; l->name; l++) {
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, l->func, 1);
+        lua_setfield(L, -2, l->name);
+    }
+    lua_setfield(L, mt, "__index");
     if (gc) {
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, gc, 1);
+        lua_setfield(L, mt, "__gc");
     }
     lua_pushstring(L, name);
     lua_setfield(L, -2, "__name");
@@ -312,8 +337,11 @@ static int l_call_exception_handler(lua_State *L)
 
 static gfl_lua_rt *check_loop(lua_State *L)
 {
-    luaL_checkudata(L, 1, LOOP_MT);
-    return gfl_lua_rt_get(L);
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    /* The one loop object of this state: no metatable lookup by name. */
+    if (!rt->loop_obj || lua_touserdata(L, 1) != rt->loop_obj)
+        gfl_lua_checkself(L, 1, LOOP_MT);
+    return rt;
 }
 
 static int l_time(lua_State *L)
@@ -365,9 +393,8 @@ static int loop_is_running(lua_State *L)
 
 static int loop_is_closed(lua_State *L)
 {
-    luaL_checkudata(L, 1, LOOP_MT);
-    lua_getfield(L, LUA_REGISTRYINDEX, RT_KEY);
-    gfl_lua_rt **p = lua_touserdata(L, -1);
+    gfl_lua_checkself(L, 1, LOOP_MT);
+    gfl_lua_rt **p = gfl_lua_rt_slot(L);
     lua_pushboolean(L, !p || !*p || GFL->loop_is_closed((*p)->loop) != 0);
     return 1;
 }
@@ -415,6 +442,7 @@ static int l_loop(lua_State *L)
         lua_setmetatable(L, -2);
         lua_pushvalue(L, -1);
         lua_setfield(L, LUA_REGISTRYINDEX, LOOP_MT ".object");
+        gfl_lua_rt_get(L)->loop_obj = lua_touserdata(L, -1);
     }
     return 1;
 }
@@ -462,9 +490,7 @@ static const gfl_api *find_api(lua_State *L)
 
 static gfl_lua_rt *open_runtime(lua_State *L)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, RT_KEY);
-    gfl_lua_rt **p = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    gfl_lua_rt **p = gfl_lua_rt_slot(L);
     if (p && *p)
         return *p; /* required again (package.loaded was cleared) */
 
@@ -504,7 +530,9 @@ static gfl_lua_rt *open_runtime(lua_State *L)
     lua_pushcfunction(L, rt_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, RT_KEY);
+    lua_pushlightuserdata(L, (void *)&rt_key);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
 
     /* Callbacks run on a thread of their own: whatever coroutine called
      * require may be suspended when they fire. */
@@ -570,6 +598,7 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_dns(L, internal);
     gfl_lua_open_datagram(L, internal);
     gfl_lua_open_process(L, internal);
+    gfl_lua_open_tls(L, internal);
 
     lua_pushinteger(L, GFL_ABI_MAJOR);
     lua_setfield(L, gfl, "ABI_MAJOR");

@@ -20,12 +20,13 @@
 
 #define TRANSPORT_MT "globeflower.Transport"
 
-static void proto_unref(gfl_lua_proto *p)
+void gfl_lua_proto_unref(gfl_lua_proto *p)
 {
     if (--p->refs > 0)
         return;
     if (p->t)
         GFL->transport_unref(p->t);
+    GFL->future_unref(p->upgrade);
     gfl_lua_rt_unref(p->rt);
     free(p);
 }
@@ -114,7 +115,7 @@ static void on_lost(gfl_transport *t, gfl_value *error, void *ud)
         luaL_unref(L, LUA_REGISTRYINDEX, p->tr_ref);
     }
     p->proto_ref = p->tr_ref = LUA_NOREF;
-    proto_unref(p); /* the transport's share */
+    gfl_lua_proto_unref(p); /* the transport's share */
 }
 
 static void on_pause(gfl_transport *t, void *ud)
@@ -199,6 +200,32 @@ static int l_create_connection(lua_State *L)
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
     luaL_checktype(L, 1, LUA_TFUNCTION);
     int unix_socket = lua_toboolean(L, lua_upvalueindex(1));
+    /* Everything that may raise comes before the allocation. */
+    size_t len = 0;
+    const char *path = NULL;
+    gfl_connect_options o;
+    memset(&o, 0, sizeof o);
+    o.size = sizeof o;
+    gfl_tls_options tls;
+    int use_tls = 0;
+    if (unix_socket) {
+        path = luaL_checklstring(L, 2, &len);
+    } else {
+        o.host = luaL_checkstring(L, 2);
+        luaL_checkany(L, 3);
+        lua_pushvalue(L, 3);
+        o.port = lua_tostring(L, -1);
+        if (!o.port)
+            return luaL_argerror(L, 3, "port expected");
+        lua_replace(L, 3);
+        int opts = lua_istable(L, 4) ? 4 : 0;
+        o.family = (int)gfl_lua_opt_number(L, opts, "family", 0);
+        o.local_host = gfl_lua_opt_string(L, opts, "local_host", NULL);
+        o.local_port = gfl_lua_opt_string(L, opts, "local_port", NULL);
+        o.happy_eyeballs_delay = gfl_lua_opt_number(L, opts, "happy_eyeballs_delay", 0);
+        o.interleave = (int)gfl_lua_opt_number(L, opts, "interleave", 0);
+        use_tls = gfl_lua_tls_options(L, opts, 0, &tls);
+    }
     struct client_factory *cf = malloc(sizeof *cf);
     if (!cf)
         return luaL_error(L, "create_connection: out of memory");
@@ -207,32 +234,16 @@ static int l_create_connection(lua_State *L)
     cf->rt = rt;
     gfl_lua_rt_ref(rt);
     gfl_future *f;
-    if (unix_socket) {
-        size_t len;
-        const char *path = luaL_checklstring(L, 2, &len);
+    if (unix_socket)
         f = GFL->create_unix_connection(rt->loop, client_factory, cf, client_factory_release, path, len);
-    } else {
-        const char *host = luaL_checkstring(L, 2);
-        luaL_checkany(L, 3);
-        lua_pushvalue(L, 3);
-        const char *port = lua_tostring(L, -1);
-        int opts = lua_istable(L, 4) ? 4 : 0;
-        gfl_connect_options o;
-        memset(&o, 0, sizeof o);
-        o.size = sizeof o;
-        o.host = host;
-        o.port = port;
-        o.family = (int)gfl_lua_opt_number(L, opts, "family", 0);
-        o.local_host = gfl_lua_opt_string(L, opts, "local_host", NULL);
-        o.local_port = gfl_lua_opt_string(L, opts, "local_port", NULL);
-        o.happy_eyeballs_delay = gfl_lua_opt_number(L, opts, "happy_eyeballs_delay", 0);
-        if (opts && gfl_lua_tls_wanted(L, opts))
-            f = gfl_lua_tls_create_connection(L, rt, opts, host, &o, client_factory, cf, client_factory_release);
-        else
-            f = GFL->create_connection(rt->loop, client_factory, cf, client_factory_release, &o);
-    }
-    if (!f)
+    else if (use_tls)
+        f = GFL->create_tls_connection(rt->loop, client_factory, cf, client_factory_release, &o, &tls);
+    else
+        f = GFL->create_connection(rt->loop, client_factory, cf, client_factory_release, &o);
+    if (!f) {
+        client_factory_release(cf); /* NULL: the core never took it */
         return luaL_error(L, "create_connection: bad arguments or the loop is closed");
+    }
     gfl_lua_future_push(L, rt, f);
     GFL->future_unref(f);
     return 1;
@@ -262,15 +273,15 @@ static int l_proto_of(lua_State *L)
 
 static gfl_lua_proto *check(lua_State *L)
 {
-    gfl_lua_proto **u = luaL_checkudata(L, 1, TRANSPORT_MT);
+    gfl_lua_proto **u = gfl_lua_checkself(L, 1, TRANSPORT_MT);
     return *u;
 }
 
 static int tr_gc(lua_State *L)
 {
-    gfl_lua_proto **u = luaL_checkudata(L, 1, TRANSPORT_MT);
+    gfl_lua_proto **u = gfl_lua_checkself(L, 1, TRANSPORT_MT);
     if (*u)
-        proto_unref(*u);
+        gfl_lua_proto_unref(*u);
     *u = NULL;
     return 0;
 }
@@ -296,6 +307,16 @@ static int tr_write(lua_State *L)
         return gfl_lua_push_failure(L, rc, NULL);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+static int tr_start_tls(lua_State *L)
+{
+    return gfl_lua_proto_start_tls(L, check(L));
+}
+
+static int tr_tls_result(lua_State *L)
+{
+    return gfl_lua_proto_tls_result(L, check(L));
 }
 
 #define SIMPLE(name, call)                                                     \
@@ -398,6 +419,8 @@ static int tr_getsockname(lua_State *L)
 
 static const luaL_Reg transport_methods[] = {
     {"write", tr_write},
+    {"_start_tls", tr_start_tls},
+    {"_tls_result", tr_tls_result},
     {"close", tr_close},
     {"abort", tr_abort},
     {"write_eof", tr_write_eof},
@@ -419,6 +442,10 @@ static const luaL_Reg transport_methods[] = {
 void gfl_lua_open_protocol(lua_State *L, int internal)
 {
     gfl_lua_newclass(L, TRANSPORT_MT, transport_methods, tr_gc);
+    luaL_getmetatable(L, TRANSPORT_MT);
+    lua_getfield(L, -1, "__index");
+    lua_setfield(L, internal, "Transport");
+    lua_pop(L, 1);
     lua_pushboolean(L, 0);
     lua_pushcclosure(L, l_create_connection, 1);
     lua_setfield(L, internal, "create_connection");

@@ -142,6 +142,8 @@ static int l_create_server(lua_State *L)
     o.reuse_address = gfl_lua_opt_bool(L, opts, "reuse_address", 1) ? 0 : -1;
     o.reuse_port = gfl_lua_opt_bool(L, opts, "reuse_port", 0);
     o.start_serving = gfl_lua_opt_bool(L, opts, "start_serving", 1) ? 0 : -1;
+    gfl_tls_options tls;
+    int use_tls = gfl_lua_tls_options(L, opts, 1, &tls); /* may raise: before allocating */
     lua_server *s = server_new(L, rt, 1, protocol, (size_t)gfl_lua_opt_number(L, opts, "limit", 0));
     if (host && *host) {
         s->hosts[0] = strdup(host);
@@ -150,8 +152,8 @@ static int l_create_server(lua_State *L)
     if (port)
         o.port = s->port = strdup(port);
     gfl_future *f;
-    if (opts && gfl_lua_tls_wanted(L, opts))
-        f = gfl_lua_tls_create_server(L, rt, opts, &o, server_factory, s, factory_release);
+    if (use_tls)
+        f = GFL->create_tls_server(rt->loop, server_factory, s, factory_release, &o, &tls);
     else
         f = GFL->create_server(rt->loop, server_factory, s, factory_release, &o);
     return gfl_lua_server_started(L, s, f);
@@ -192,13 +194,13 @@ static int l_create_unix_server(lua_State *L)
 
 static lua_server *check(lua_State *L)
 {
-    lua_server **u = luaL_checkudata(L, 1, SERVER_MT);
+    lua_server **u = gfl_lua_checkself(L, 1, SERVER_MT);
     return *u;
 }
 
 static int srv_gc(lua_State *L)
 {
-    lua_server **u = luaL_checkudata(L, 1, SERVER_MT);
+    lua_server **u = gfl_lua_checkself(L, 1, SERVER_MT);
     if (*u) {
         lua_server *s = *u;
         if (s->create && GFL->future_state_of(s->create) == GFL_FUTURE_PENDING)

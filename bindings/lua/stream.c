@@ -34,6 +34,8 @@ void gfl_lua_stream_unref(gfl_lua_stream *s)
     GFL->future_unref(s->dwait);
     GFL->future_unref(s->cwait);
     GFL->future_unref(s->connect);
+    GFL->future_unref(s->upgrade);
+    GFL->future_unref(s->uwait);
     free(s->buf);
     gfl_lua_rt_unref(s->rt);
     free(s);
@@ -131,6 +133,13 @@ static void on_lost(gfl_transport *t, gfl_value *error, void *ud)
     wake(&s->cwait);
     if (s->on_lost)
         s->on_lost(s);
+    /* A lost transport answers nothing any more; letting it go now also
+     * breaks the cycle stream -> TLS transport -> its origin -> the
+     * factory's share of the stream. */
+    if (s->t) {
+        GFL->transport_unref(s->t);
+        s->t = NULL;
+    }
     gfl_lua_stream_unref(s); /* the transport's share */
 }
 
@@ -204,7 +213,7 @@ gfl_lua_stream *gfl_lua_stream_push(lua_State *L, gfl_lua_stream *s)
 
 static gfl_lua_stream *check(lua_State *L)
 {
-    gfl_lua_stream **p = luaL_checkudata(L, 1, GFL_LUA_STREAM);
+    gfl_lua_stream **p = gfl_lua_checkself(L, 1, GFL_LUA_STREAM);
     if (!*p)
         luaL_error(L, "stream already finalised");
     return *p;
@@ -212,7 +221,7 @@ static gfl_lua_stream *check(lua_State *L)
 
 static int stream_gc(lua_State *L)
 {
-    gfl_lua_stream **p = luaL_checkudata(L, 1, GFL_LUA_STREAM);
+    gfl_lua_stream **p = gfl_lua_checkself(L, 1, GFL_LUA_STREAM);
     gfl_lua_stream *s = *p;
     if (!s)
         return 0;
@@ -386,6 +395,8 @@ static int s_write(lua_State *L)
     int n = lua_gettop(L);
     if (!s->t || s->lost)
         return push_error(L, s);
+    if (s->upgrading)
+        return gfl_lua_push_failure(L, GFL_ESTATE, "start_tls is running: wait for it before writing");
     int rc;
     if (n == 2) {
         size_t len;
@@ -546,6 +557,16 @@ static int s_buffered(lua_State *L)
     return 1;
 }
 
+static int s_start_tls(lua_State *L)
+{
+    return gfl_lua_stream_start_tls(L, check(L));
+}
+
+static int s_tls_result(lua_State *L)
+{
+    return gfl_lua_stream_tls_result(L, check(L));
+}
+
 /* internal: after yielding the connect future: true or nil, msg, code */
 static int s_connected(lua_State *L)
 {
@@ -570,6 +591,8 @@ static const luaL_Reg stream_methods[] = {
     {"_drain", s_drain},
     {"_wait_closed", s_wait_closed},
     {"_connected", s_connected},
+    {"_start_tls", s_start_tls},
+    {"_tls_result", s_tls_result},
     {"at_eof", s_at_eof},
     {"write", s_write},
     {"write_eof", s_write_eof},
@@ -624,16 +647,17 @@ static int l_open_connection(lua_State *L)
     o.local_port = gfl_lua_opt_string(L, opts, "local_port", NULL);
     o.happy_eyeballs_delay = gfl_lua_opt_number(L, opts, "happy_eyeballs_delay", 0);
     o.interleave = (int)gfl_lua_opt_number(L, opts, "interleave", 0);
+    gfl_tls_options tls;
+    int use_tls = gfl_lua_tls_options(L, opts, 0, &tls); /* before anything is allocated: may raise */
     gfl_lua_stream *s = gfl_lua_stream_new(rt, (size_t)gfl_lua_opt_number(L, opts, "limit", 0));
     if (!s)
         return luaL_error(L, "open_connection: out of memory");
     s->refs++; /* the factory's share */
     gfl_future *f;
-    if (opts && gfl_lua_tls_wanted(L, opts)) {
-        f = gfl_lua_tls_connect(L, rt, opts, host, &o, s);
-    } else {
+    if (use_tls)
+        f = GFL->create_tls_connection(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, &o, &tls);
+    else
         f = GFL->create_connection(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, &o);
-    }
     return gfl_lua_stream_connecting(L, s, f);
 }
 

@@ -21,8 +21,9 @@ struct gfl_lua_stream {
     gfl_value *error; /* why the connection was lost */
     gfl_future *rwait, *dwait, *cwait; /* read, drain, wait_closed waiters */
     gfl_future *connect;               /* the connect operation */
+    gfl_future *upgrade, *uwait;       /* start_tls: the core's future, the Lua waiter */
     unsigned eof : 1, lost : 1, paused_reading : 1, paused_writing : 1;
-    unsigned attached : 1, lua_alive : 1;
+    unsigned attached : 1, lua_alive : 1, upgrading : 1;
     /* Servers: run at connection_made / connection_lost. */
     void (*on_made)(gfl_lua_stream *s);
     void (*on_lost)(gfl_lua_stream *s);
@@ -39,9 +40,8 @@ gfl_lua_stream *gfl_lua_stream_push(lua_State *L, gfl_lua_stream *s);
 int gfl_lua_stream_connecting(lua_State *L, gfl_lua_stream *s, gfl_future *f);
 int gfl_lua_push_extra_info(lua_State *L, gfl_transport *t, const char *name);
 
-/* TLS (tls.c): whether the options table asks for TLS, and the connect. */
-int gfl_lua_tls_wanted(lua_State *L, int opts);
-gfl_future *gfl_lua_tls_connect(lua_State *L, gfl_lua_rt *rt, int opts, const char *host,
-                                const gfl_connect_options *o, gfl_lua_stream *s);
+/* TLS (tls.c): start_tls on a stream, and its outcome. */
+int gfl_lua_stream_start_tls(lua_State *L, gfl_lua_stream *s);
+int gfl_lua_stream_tls_result(lua_State *L, gfl_lua_stream *s);
 
 #endif

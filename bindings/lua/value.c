@@ -107,7 +107,7 @@ gfl_value *gfl_lua_pack(lua_State *L, int first, int n)
 
 static int value_gc(lua_State *L)
 {
-    gfl_value **p = luaL_checkudata(L, 1, VALUE_MT);
+    gfl_value **p = gfl_lua_checkself(L, 1, VALUE_MT);
     if (*p)
         GFL->value_unref(*p);
     *p = NULL;
@@ -116,7 +116,7 @@ static int value_gc(lua_State *L)
 
 static int value_class(lua_State *L)
 {
-    gfl_value **p = luaL_checkudata(L, 1, VALUE_MT);
+    gfl_value **p = gfl_lua_checkself(L, 1, VALUE_MT);
     const gfl_host_class *cls = *p ? GFL->value_object_class(*p) : NULL;
     lua_pushstring(L, cls && cls->name ? cls->name : "?");
     return 1;
@@ -124,7 +124,7 @@ static int value_class(lua_State *L)
 
 static int value_tostring(lua_State *L)
 {
-    gfl_value **p = luaL_checkudata(L, 1, VALUE_MT);
+    gfl_value **p = gfl_lua_checkself(L, 1, VALUE_MT);
     const gfl_host_class *cls = *p ? GFL->value_object_class(*p) : NULL;
     lua_pushfstring(L, "globeflower.Value(%s): %p", cls && cls->name ? cls->name : "?", (void *)*p);
     return 1;
@@ -243,9 +243,7 @@ void gfl_lua_errmap_set(lua_State *L, gfl_value *error, int idx)
 
 void gfl_lua_errmap_clear(lua_State *L, gfl_value *error)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "globeflower.runtime");
-    gfl_lua_rt **p = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    gfl_lua_rt **p = gfl_lua_rt_slot(L);
     if (!p || !*p)
         return; /* closing: the errmap goes with the state */
     lua_rawgeti(L, LUA_REGISTRYINDEX, (*p)->ref_errmap);

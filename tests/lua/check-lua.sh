@@ -3,6 +3,12 @@
 # module was built for (GFL_LUA_TESTS: "dir:interpreter ..." from configure),
 # then the embedding example in both teardown orders. Each run ends with a
 # line "<lua>: N passed, N failed".
+#
+# GFL_LUA_VALGRIND=1 also reruns the tests of every PUC Lua (not LuaJIT,
+# which valgrind does not follow well) under valgrind memcheck: invalid
+# accesses and definite/indirect leaks fail (the state is closed at exit,
+# so everything the module allocated must be freed). Logs go to
+# tests/lua/valgrind-<lua>.log.
 set -u
 : "${abs_top_srcdir:?}" "${abs_top_builddir:?}"
 status=0
@@ -11,6 +17,19 @@ for pair in ${GFL_LUA_TESTS:-}; do
     interp=${pair#*:}
     cpath="$abs_top_builddir/bindings/lua/$dir/.libs/?.so"
     LUA_CPATH="$cpath" "$interp" "$abs_top_srcdir/tests/lua/run.lua" || status=1
+    if [ -n "${GFL_LUA_VALGRIND:-}" ] && [ "$dir" != luajit ]; then
+        log="$abs_top_builddir/tests/lua/valgrind-$dir.log"
+        if LUA_CPATH="$cpath" ${VALGRIND:-valgrind} --error-exitcode=99 --leak-check=full \
+            --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+            --suppressions="$abs_top_srcdir/tests/valgrind.supp" \
+            --suppressions="$abs_top_srcdir/tests/lua/valgrind.supp" --log-file="$log" \
+            "$interp" "$abs_top_srcdir/tests/lua/run.lua" >/dev/null; then
+            echo "valgrind $interp: 1 passed, 0 failed"
+        else
+            echo "valgrind $interp: 0 passed, 1 failed (see $log)"
+            status=1
+        fi
+    fi
 done
 engine="$abs_top_builddir/examples/engine_lua/engine_lua"
 if [ -n "${GFL_LUA_HOST_DIR:-}" ] && [ -x "$engine" ]; then

@@ -26,11 +26,23 @@ for _, file in ipairs(files) do
     local chunk = assert(loadfile(file))
     local tests = chunk()
     local names = {}
-    for n in pairs(tests) do
-        names[#names + 1] = n
+    for n, f in pairs(tests) do
+        -- setup/teardown run once around a file's tests; UPPERCASE keys
+        -- are settings (TIMEOUT)
+        if type(f) == "function" and n ~= "setup" and n ~= "teardown" and not n:match("^%u") then
+            names[#names + 1] = n
+        end
     end
     table.sort(names)
     local short = file:match("([^/]*)%.lua$")
+    if tests.setup then
+        local ok, err = pcall(gfl.run, tests.setup)
+        if not ok then
+            failed = failed + 1
+            print("FAIL " .. short .. ".setup: " .. tostring(err))
+            names = {}
+        end
+    end
     for _, n in ipairs(names) do
         if not only or (short .. "." .. n):find(only, 1, true) then
             local ok, err = pcall(gfl.run, function()
@@ -46,6 +58,14 @@ for _, file in ipairs(files) do
             end
         end
     end
+    if tests.teardown then
+        local ok, err = pcall(gfl.run, tests.teardown)
+        if not ok then
+            failed = failed + 1
+            print("FAIL " .. short .. ".teardown: " .. tostring(err))
+        end
+    end
 end
 print(string.format("%s: %d passed, %d failed", name, passed, failed))
-os.exit(failed == 0 and 0 or 1)
+-- close the state (5.2+): the module's teardown runs too
+os.exit(failed == 0 and 0 or 1, true)

@@ -15,26 +15,55 @@ local function failure(err)
 end
 
 -- Wraps a C method that answers at once or returns false, waiter: the
--- coroutine waits for the waiter and asks again (proper tail calls keep
--- the exact number of results).
+-- coroutine waits for the waiter and asks again. No varargs (they cost
+-- more than the rest of the call on 5.4): the methods answer with at most
+-- 4 values, and the wrapper gives back exactly as many as they did (an
+-- answer, or nil, msg, code [, partial]).
 local function waiting(method)
-    local function again(self, a1, a2, r, ...)
-        if r ~= false then
-            return r, ...
+    return function(self, a1, a2)
+        local r, w, c, p = method(self, a1, a2)
+        while r == false do
+            local ok, err = yield(w)
+            if not ok then
+                error(err, 0)
+            end
+            r, w, c, p = method(self, a1, a2)
         end
-        local ok, err = yield((...))
+        if r then
+            if w == nil then
+                return r
+            end
+            return r, w, c
+        end
+        if p == nil then
+            return r, w, c
+        end
+        return r, w, c, p
+    end
+end
+C.waiting = waiting
+
+--- stream:read([n]) -> up to n bytes ("" at EOF); n nil or < 0: until EOF
+--- (written out rather than made by `waiting`: it is the hot path of
+--- every coroutine-style server)
+local _read = Stream._read
+function Stream.read(self, n)
+    local r, w, code = _read(self, n)
+    if r then
+        return r
+    end
+    while r == false do
+        local ok, err = yield(w)
         if not ok then
             error(err, 0)
         end
-        return again(self, a1, a2, method(self, a1, a2))
+        r, w, code = _read(self, n)
     end
-    return function(self, a1, a2)
-        return again(self, a1, a2, method(self, a1, a2))
+    if r then
+        return r
     end
+    return r, w, code
 end
-
---- stream:read([n]) -> up to n bytes ("" at EOF); n nil or < 0: until EOF
-Stream.read = waiting(Stream._read)
 --- stream:readexactly(n) -> n bytes, or nil, msg, code, partial at EOF
 Stream.readexactly = waiting(Stream._readexactly)
 --- stream:readuntil([sep]) -> data ending with sep, or nil, msg, code, partial
@@ -42,7 +71,24 @@ Stream.readuntil = waiting(Stream._readuntil)
 --- stream:readline() -> a line with its "\n" (the rest at EOF; "" after)
 Stream.readline = waiting(Stream._readline)
 --- stream:drain() -> true once the write buffer is below its high mark
-Stream.drain = waiting(Stream._drain)
+local _drain = Stream._drain
+function Stream.drain(self)
+    local r, w, code = _drain(self)
+    if r then
+        return r
+    end
+    while r == false do
+        local ok, err = yield(w)
+        if not ok then
+            error(err, 0)
+        end
+        r, w, code = _drain(self)
+    end
+    if r then
+        return r
+    end
+    return r, w, code
+end
 --- stream:wait_closed() -> true once the connection is gone
 Stream.wait_closed = waiting(Stream._wait_closed)
 
