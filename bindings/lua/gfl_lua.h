@@ -40,7 +40,6 @@ struct gfl_lua_rt {
     int ref_internal;   /* the table of internals shared with the prelude */
     struct gfl_lua_task *current; /* the task whose step is running */
     struct gfl_lua_dead *dead;    /* Lua objects released off the loop thread */
-    void *loop_obj;               /* the gfl.loop() userdata (anchored in the registry) */
 };
 
 /* A registry reference to free on the loop thread. */

@@ -335,13 +335,24 @@ static int l_call_exception_handler(lua_State *L)
 
 #define LOOP_MT "globeflower.Loop"
 
+/* The loop object holds a reference to the runtime: its methods (run_once
+ * is an engine's per-frame call) find it without a registry lookup. */
 static gfl_lua_rt *check_loop(lua_State *L)
 {
-    gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    /* The one loop object of this state: no metatable lookup by name. */
-    if (!rt->loop_obj || lua_touserdata(L, 1) != rt->loop_obj)
-        gfl_lua_checkself(L, 1, LOOP_MT);
+    gfl_lua_rt **u = gfl_lua_checkself(L, 1, LOOP_MT);
+    gfl_lua_rt *rt = *u;
+    if (!rt || !rt->L)
+        luaL_error(L, "globeflower: the module's state is closing");
     return rt;
+}
+
+static int loop_gc(lua_State *L)
+{
+    gfl_lua_rt **u = lua_touserdata(L, 1);
+    if (*u)
+        gfl_lua_rt_unref(*u);
+    *u = NULL;
+    return 0;
 }
 
 static int l_time(lua_State *L)
@@ -437,12 +448,13 @@ static int l_loop(lua_State *L)
     lua_getfield(L, LUA_REGISTRYINDEX, LOOP_MT ".object");
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        gfl_newuserdata(L, 1);
+        gfl_lua_rt **u = gfl_newuserdata(L, sizeof *u);
+        *u = gfl_lua_rt_get(L);
+        gfl_lua_rt_ref(*u);
         luaL_getmetatable(L, LOOP_MT);
         lua_setmetatable(L, -2);
         lua_pushvalue(L, -1);
         lua_setfield(L, LUA_REGISTRYINDEX, LOOP_MT ".object");
-        gfl_lua_rt_get(L)->loop_obj = lua_touserdata(L, -1);
     }
     return 1;
 }
@@ -479,7 +491,7 @@ static const gfl_api *find_api(lua_State *L)
     lua_pop(L, 1);
     if (!api)
         api = gfl_api_get();
-    if (!api || api->abi_major != GFL_ABI_MAJOR || !GFL_API_HAS(api, connect_write_pipe))
+    if (!api || api->abi_major != GFL_ABI_MAJOR || !GFL_API_HAS(api, start_tls))
         luaL_error(L, "globeflower: the core's ABI (%d.%d) does not match the module's (%d.%d)",
                    api ? (int)api->abi_major : -1, api ? (int)api->abi_minor : -1,
                    GFL_ABI_MAJOR, GFL_ABI_MINOR);
@@ -587,7 +599,7 @@ int luaopen_globeflower(lua_State *L)
     luaL_unref(L, LUA_REGISTRYINDEX, rt->ref_internal);
     rt->ref_internal = luaL_ref(L, LUA_REGISTRYINDEX);
 
-    gfl_lua_newclass(L, LOOP_MT, loop_methods, NULL);
+    gfl_lua_newclass(L, LOOP_MT, loop_methods, loop_gc);
     gfl_lua_open_value(L);
     gfl_lua_open_future(L, internal);
     gfl_lua_open_task(L, internal);
