@@ -4,8 +4,9 @@
 -- mode only when named, client certificates, ALPN, SNI, start_tls, extra
 -- info. Certificates are generated at setup by tests/tls/make-certs.sh
 -- into a temporary directory removed at teardown. Every openssl process
--- runs under `timeout` (it cannot outlive a crashed test run by long) and
--- is terminated and reaped by the test that started it.
+-- is started through `setpriv --pdeathsig KILL` (it dies with the test
+-- process, however that ends, as the C tests' PR_SET_PDEATHSIG) and is
+-- terminated and reaped by the test that started it, or at teardown.
 local gfl = require "globeflower"
 local T = {}
 
@@ -33,8 +34,16 @@ function T.teardown()
     p:wait()
 end
 
+local function have(program)
+    local p = gfl.subprocess({ "sh", "-c", "command -v " .. program }, { stdout = "devnull" })
+    return p and p:wait() == 0
+end
+
 local function peer(args)
-    local argv = { "timeout", "-k", "5", "60", "openssl" }
+    local argv = { "openssl" }
+    if have("setpriv") then
+        argv = { "setpriv", "--pdeathsig", "KILL", "openssl" }
+    end
     for _, a in ipairs(args) do argv[#argv + 1] = a end
     local p = assert(gfl.subprocess(argv, { stdin = "pipe", stdout = "pipe", stderr = "stdout" }))
     peers[p] = true
