@@ -90,17 +90,6 @@ static void dgram_unref(lua_dgram *d)
     free(d);
 }
 
-static void wake(gfl_future **w)
-{
-    gfl_future *f = *w;
-    if (!f)
-        return;
-    *w = NULL;
-    if (GFL->future_state_of(f) == GFL_FUTURE_PENDING)
-        GFL->future_set_result(f, GFL->value_nil());
-    GFL->future_unref(f);
-}
-
 static gfl_future *waiter(lua_dgram *d, gfl_future **w, int exclusive)
 {
     if (*w) {
@@ -125,7 +114,7 @@ static void queue_push(lua_dgram *d, struct item *it)
         d->paused_reading = 1;
         GFL->transport_pause_reading(d->t);
     }
-    wake(&d->rwait);
+    gfl_lua_wake_waiter(&d->rwait);
 }
 
 /* ---- protocol-style calls ---- */
@@ -234,9 +223,9 @@ static void on_lost(gfl_transport *t, gfl_value *error, void *ud)
         luaL_unref(L, LUA_REGISTRYINDEX, d->self_ref);
     }
     d->proto_ref = d->self_ref = LUA_NOREF;
-    wake(&d->rwait);
-    wake(&d->dwait);
-    wake(&d->cwait);
+    gfl_lua_wake_waiter(&d->rwait);
+    gfl_lua_wake_waiter(&d->dwait);
+    gfl_lua_wake_waiter(&d->cwait);
     dgram_unref(d); /* the transport's share */
 }
 
@@ -254,7 +243,7 @@ static void on_resume(gfl_transport *t, void *ud)
     (void)t;
     lua_dgram *d = ud;
     d->paused_writing = 0;
-    wake(&d->dwait);
+    gfl_lua_wake_waiter(&d->dwait);
     if (d->protocol)
         call_simple(d, "resume_writing");
 }

@@ -364,3 +364,16 @@ void gfl_lua_open_future(lua_State *L, int internal)
     lua_pushcfunction(L, l_wrap_future);
     lua_setfield(L, internal, "wrap_future");
 }
+
+/* Resolves (with nil) and drops the future a coroutine waits on, if any:
+ * how streams and endpoints wake a reader or writer. */
+void gfl_lua_wake_waiter(gfl_future **waiter)
+{
+    gfl_future *f = *waiter;
+    if (!f)
+        return;
+    *waiter = NULL;
+    if (GFL->future_state_of(f) == GFL_FUTURE_PENDING)
+        GFL->future_set_result(f, GFL->value_nil());
+    GFL->future_unref(f);
+}

@@ -104,6 +104,7 @@ gfl_lua_future *gfl_lua_future_push(lua_State *L, gfl_lua_rt *rt, gfl_future *f)
 gfl_lua_future *gfl_lua_future_check(lua_State *L, int idx);
 /* The gfl_future behind a future/task object or light userdata; NULL. */
 gfl_future *gfl_lua_to_future(lua_State *L, int idx);
+void gfl_lua_wake_waiter(gfl_future **waiter); /* resolve with nil, drop, clear */
 int gfl_lua_spawn(lua_State *L); /* gfl.spawn(fn, ...) */
 
 void gfl_lua_open_value(lua_State *L);

@@ -42,17 +42,6 @@ void gfl_lua_stream_unref(gfl_lua_stream *s)
 }
 
 /* Resolves (and forgets) a waiter; waiters are resolved with nil. */
-static void wake(gfl_future **w)
-{
-    gfl_future *f = *w;
-    if (!f)
-        return;
-    *w = NULL;
-    if (GFL->future_state_of(f) == GFL_FUTURE_PENDING)
-        GFL->future_set_result(f, GFL->value_nil());
-    GFL->future_unref(f);
-}
-
 /* A new waiter in *w, or the pending one; NULL if another task waits. */
 static gfl_future *waiter(gfl_lua_stream *s, gfl_future **w, int exclusive)
 {
@@ -108,7 +97,7 @@ static void on_data(gfl_transport *t, const void *data, size_t len, void *ud)
         s->paused_reading = 1;
         GFL->transport_pause_reading(t);
     }
-    wake(&s->rwait);
+    gfl_lua_wake_waiter(&s->rwait);
 }
 
 static int on_eof(gfl_transport *t, void *ud)
@@ -116,7 +105,7 @@ static int on_eof(gfl_transport *t, void *ud)
     (void)t;
     gfl_lua_stream *s = ud;
     s->eof = 1;
-    wake(&s->rwait);
+    gfl_lua_wake_waiter(&s->rwait);
     return 1; /* half-close: the Lua side may still write, then close */
 }
 
@@ -128,9 +117,9 @@ static void on_lost(gfl_transport *t, gfl_value *error, void *ud)
     s->eof = 1;
     if (error && !s->error)
         s->error = GFL->value_ref(error);
-    wake(&s->rwait);
-    wake(&s->dwait);
-    wake(&s->cwait);
+    gfl_lua_wake_waiter(&s->rwait);
+    gfl_lua_wake_waiter(&s->dwait);
+    gfl_lua_wake_waiter(&s->cwait);
     if (s->on_lost)
         s->on_lost(s);
     /* A lost transport answers nothing any more; letting it go now also
@@ -154,7 +143,7 @@ static void on_resume_writing(gfl_transport *t, void *ud)
     (void)t;
     gfl_lua_stream *s = ud;
     s->paused_writing = 0;
-    wake(&s->dwait);
+    gfl_lua_wake_waiter(&s->dwait);
 }
 
 const gfl_protocol gfl_lua_stream_protocol = {
