@@ -378,6 +378,62 @@ class TestPipes(LoopTestCase):
         finally:
             asyncio.set_event_loop(None)
 
+    def run_subprocesses(self, main):
+        asyncio.set_event_loop(self.loop)
+        try:
+            return self.loop.run_until_complete(main())
+        finally:
+            asyncio.set_event_loop(None)
+
+    def test_subprocess_exit_status_without_a_child_watcher(self):
+        import os
+        import signal
+        import sys
+
+        async def main():
+            threads = threading.active_count()
+            ok = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+            bad = await asyncio.create_subprocess_shell("exit 7")
+            slow = await asyncio.create_subprocess_exec("sleep", "30")
+            # The loop watches its children itself: no watcher thread.
+            self.assertEqual(threading.active_count(), threads)
+            slow.send_signal(signal.SIGTERM)
+            codes = list(await asyncio.gather(ok.wait(), bad.wait(), slow.wait()))
+            many = [await asyncio.create_subprocess_exec("true") for _ in range(50)]
+            codes.append(set(await asyncio.gather(*(p.wait() for p in many))))
+            return codes
+        self.assertEqual(self.run_subprocesses(main), [0, 7, -signal.SIGTERM, {0}])
+        self.assertEqual(self.loop._gfl_children, {})
+        with self.assertRaises(ChildProcessError):  # every child reaped: no zombie
+            os.waitpid(-1, os.WNOHANG)
+
+    def test_subprocess_kill_on_close_and_bad_program(self):
+        async def main():
+            p = await asyncio.create_subprocess_exec("sleep", "30")
+            p._transport.close()  # kills the child; the exit still arrives
+            code = await p.wait()
+            with self.assertRaises(FileNotFoundError):
+                await asyncio.create_subprocess_exec("/nonexistent/program")
+            return code
+        self.assertEqual(self.run_subprocesses(main), -9)
+
+    def test_subprocess_honours_an_installed_child_watcher(self):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy = asyncio.get_event_loop_policy()
+            watcher = asyncio.ThreadedChildWatcher()
+            policy.set_child_watcher(watcher)
+            try:
+                async def main():
+                    p = await asyncio.create_subprocess_shell("exit 3")
+                    return await p.wait(), watcher._threads.copy() != {} or p.pid
+                code, _ = self.run_subprocesses(main)
+            finally:
+                policy.set_child_watcher(None)
+        self.assertEqual(code, 3)
+        self.assertEqual(self.loop._gfl_children, {})
+
 
 class TestEntryPoints(unittest.TestCase):
     def test_run(self):

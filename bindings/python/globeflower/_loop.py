@@ -29,6 +29,17 @@ __all__ = ("Loop", "EventLoopPolicy", "new_event_loop")
 logger = logging.getLogger("asyncio")
 
 
+def _pidfd_works():
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+_HAVE_PIDFD = _pidfd_works()
+
+
 class TimerHandle(events.TimerHandle):
     """asyncio.TimerHandle plus the id of the core timer (for cancel())."""
 
@@ -131,6 +142,7 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
     def __init__(self, *, _gfl_loop=None):
         super().__init__(_NoSelector())
         self._gfl_servers = {}  # listening fd -> _core.CoreServer
+        self._gfl_children = {}  # pidfd -> pid of a child still running
 
     # Plain TCP/Unix servers are served by the core (the accept loop and the
     # transports in C); TLS servers keep asyncio's path (sslproto over our
@@ -281,6 +293,65 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
             _core.op_cancel(op)
             raise
 
+    # ------------------------------------------------------------------
+    # Subprocesses: the loop watches its children itself, through a pidfd
+    # on the core (no child watcher, no SIGCHLD handler, no thread). A child
+    # watcher the program installed (asyncio.set_child_watcher) is honoured,
+    # as is a kernel without pidfd_open: both take asyncio's own path.
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
+                                         bufsize, extra=None, **kwargs):
+        policy = events.get_event_loop_policy()
+        if not _HAVE_PIDFD or getattr(policy, "_watcher", None) is not None:
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs)
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        self._gfl_watch_child(transp)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    def _gfl_watch_child(self, transp):
+        pid = transp.get_pid()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            # Out of fds: nothing could report the exit, so undo the spawn.
+            transp.close()  # kills the child
+            transp._process_exited(transp._proc.wait())
+            raise
+        self._gfl_children[pidfd] = pid
+
+        def exited():
+            _core.LoopBase._remove_reader(self, pidfd)
+            del self._gfl_children[pidfd]
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(pid, os.WNOHANG)
+                returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                # Already reaped: by Popen.poll() (transport.close() calls it)
+                # or by someone else (os.wait(), a SIGCHLD handler).
+                returncode = transp._proc.returncode
+                if returncode is None:
+                    logger.warning("child process pid %d exit status already read: "
+                                   "will report returncode 255", pid)
+                    returncode = 255
+            if self._debug:
+                logger.debug("process %s exited with returncode %s", pid, returncode)
+            transp._process_exited(returncode)
+
+        _core.LoopBase._add_reader(self, pidfd, exited)
+
     @classmethod
     def from_capsule(cls, capsule):
         return cls(_gfl_loop=capsule)
@@ -295,6 +366,12 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
             for srv in self._gfl_servers.values():
                 srv.close()
             self._gfl_servers.clear()
+            # Children outlive the loop, as under asyncio's watchers; their
+            # Popen objects reap them (subprocess's own clean-up).
+            for pidfd in self._gfl_children:
+                _core.LoopBase._remove_reader(self, pidfd)
+                os.close(pidfd)
+            self._gfl_children.clear()
         finally:
             # Frees the core loop: transports still open get connection_lost.
             self._core_close()
