@@ -313,7 +313,7 @@ static int op_recv(sock_call *c, PyObject **out, int from)
 static int op_recv_into(sock_call *c, PyObject **out, int from)
 {
     Py_buffer b;
-    if (PyObject_GetBuffer(c->arg, &b, PyBUF_WRITABLE) < 0)
+    if (!PyArg_Parse(c->arg, "w*", &b)) /* socket's TypeError for read-only */
         return -1;
     Py_ssize_t n = b.len;
     if (from && c->arg2) {
