@@ -286,7 +286,8 @@ static int op_recv(sock_call *c, PyObject **out, int from)
     int rc = 0;
     do {
         sl = sizeof ss;
-        memset(&ss, 0, sizeof ss);
+        if (from)
+            memset(&ss, 0, sizeof ss); /* as the socket module: a Unix peer may fill none */
         r = from ? recvfrom(c->fd, buf, (size_t)n, 0, (struct sockaddr *)&ss, &sl) : recv(c->fd, buf, (size_t)n, 0);
     } while (r < 0 && (rc = failed(errno)) == 1);
     if (r < 0) {
@@ -335,7 +336,8 @@ static int op_recv_into(sock_call *c, PyObject **out, int from)
     int rc = 0;
     do {
         sl = sizeof ss;
-        memset(&ss, 0, sizeof ss);
+        if (from)
+            memset(&ss, 0, sizeof ss);
         r = from ? recvfrom(c->fd, b.buf, (size_t)n, 0, (struct sockaddr *)&ss, &sl) : recv(c->fd, b.buf, (size_t)n, 0);
     } while (r < 0 && (rc = failed(errno)) == 1);
     PyBuffer_Release(&b);
