@@ -523,6 +523,39 @@ class TestSockMethods(LoopTestCase):
         loop.run_until_complete(loop.sock_sendall(a, b"z"))
         self.assertEqual(b.recv(1), b"z")
 
+    def test_coroutine_protocol(self):
+        a, b = self.pair()
+        loop = self.loop
+
+        async def main():
+            # cancelled before its first step: the task throws into it
+            task = loop.create_task(loop.sock_recv(a, 1))
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+            self.assertFalse(self.watching(a))
+            # closed before it ran: nothing was read
+            loop.sock_recv(a, 1).close()
+            b.send(b"k")
+            await asyncio.sleep(0.01)
+            call = loop.sock_recv(a, 1)
+            self.assertEqual(await call, b"k")
+            with self.assertRaisesRegex(RuntimeError, "cannot reuse"):
+                await call
+            task = loop.create_task(loop.sock_recv(a, 1))
+            self.assertIn("sock_recv", repr(task))
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+        loop.run_until_complete(main())
+
+    def test_ssl_socket_gets_asyncios_error(self):
+        import ssl
+        ctx = ssl.create_default_context()
+        with ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False) as s:
+            with self.assertRaisesRegex(TypeError, "SSLSocket"):
+                self.loop.run_until_complete(self.loop.sock_recv(s, 1))
+
     def test_fd_used_by_a_transport(self):
         a, b = self.pair()
         loop = self.loop
