@@ -323,6 +323,251 @@ class TestDatagrams(LoopTestCase):
         loop.run_until_complete(main())
 
 
+class TestSockMethods(LoopTestCase):
+    """loop.sock_* in C (sock.c): a syscall first, a core fd watcher when it
+    would block, asyncio's selector semantics."""
+
+    def pair(self):
+        """A connected non-blocking TCP pair over loopback: (ours, peer)."""
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        a = socket.create_connection(ls.getsockname())
+        b, _ = ls.accept()
+        ls.close()
+        a.setblocking(False)
+        b.setblocking(False)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        return a, b
+
+    def watching(self, sock, writer=False):
+        return self.loop._get_watch(sock.fileno(), writer) is not None
+
+    def test_recv_immediate_and_deferred(self):
+        a, b = self.pair()
+        loop = self.loop
+
+        async def main():
+            b.send(b"ready")
+            await asyncio.sleep(0.01)
+            call = loop.sock_recv(a, 100)
+            self.assertTrue(asyncio.iscoroutine(call))
+            self.assertEqual(await call, b"ready")
+            self.assertFalse(self.watching(a))  # done at once: no watcher
+            task = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            self.assertFalse(task.done())
+            self.assertTrue(self.watching(a))
+            b.send(b"later")
+            self.assertEqual(await task, b"later")
+            self.assertFalse(self.watching(a))
+            # recv_into / recvfrom_into into part of a buffer
+            buf = bytearray(10)
+            b.send(b"abc")
+            self.assertEqual(await loop.sock_recv_into(a, memoryview(buf)[2:]), 3)
+            self.assertEqual(bytes(buf[2:5]), b"abc")
+            task = loop.create_task(loop.sock_recvfrom_into(a, buf, 4))
+            await asyncio.sleep(0.01)
+            b.send(b"123456")
+            n, addr = await task
+            self.assertEqual((n, bytes(buf[:4])), (4, b"1234"))
+            self.assertEqual(await loop.sock_recv(a, 100), b"56")
+            with self.assertRaisesRegex(ValueError, "nbytes is greater"):
+                await loop.sock_recvfrom_into(a, buf, 11)
+            with self.assertRaisesRegex(ValueError, "negative buffersize"):
+                await loop.sock_recv(a, -1)
+            with self.assertRaisesRegex(TypeError, "read-write"):
+                await loop.sock_recv_into(a, b"read-only")
+            b.close()
+            self.assertEqual(await loop.sock_recv(a, 100), b"")  # EOF
+        loop.run_until_complete(main())
+
+    def test_large_sendall_to_a_slow_reader(self):
+        a, b = self.pair()
+        loop = self.loop
+        data = bytes(range(256)) * (8 * 4096)  # 8 MiB
+
+        async def reader():
+            got = bytearray()
+            while len(got) < len(data):
+                chunk = await loop.sock_recv(b, 256 * 1024)
+                if not chunk:
+                    break
+                got += chunk
+                await asyncio.sleep(0.001)
+            return bytes(got)
+
+        async def main():
+            rt = loop.create_task(reader())
+            await loop.sock_sendall(a, data)
+            self.assertFalse(self.watching(a, True))
+            self.assertEqual(await rt, data)
+        loop.run_until_complete(main())
+
+    def test_cancel_removes_the_watcher(self):
+        a, b = self.pair()
+        loop = self.loop
+
+        async def main():
+            task = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            self.assertTrue(self.watching(a))
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+            self.assertFalse(self.watching(a))
+            self.assertFalse(loop.remove_reader(a.fileno()))
+            # the data that comes next goes to the next reader, not the old one
+            b.send(b"x")
+            self.assertEqual(await loop.sock_recv(a, 100), b"x")
+            # a blocked sock_sendall, cancelled
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            with self.assertRaises(BlockingIOError):
+                while True:
+                    a.send(b" " * 65536)
+            task = loop.create_task(loop.sock_sendall(a, b"y" * 65536))
+            await asyncio.sleep(0.01)
+            self.assertTrue(self.watching(a, True))
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+            self.assertFalse(self.watching(a, True))
+        loop.run_until_complete(main())
+
+    def test_second_recv_replaces_the_first(self):
+        # asyncio's selector loop: a second reader of the fd replaces the
+        # first (which then never completes); cancelling the first must not
+        # remove the second's watcher.
+        a, b = self.pair()
+        loop = self.loop
+
+        async def main():
+            first = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            second = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            first.cancel()
+            await asyncio.sleep(0.01)
+            self.assertTrue(self.watching(a))
+            b.send(b"data")
+            self.assertEqual(await second, b"data")
+            self.assertTrue(first.cancelled())
+        loop.run_until_complete(main())
+
+    def test_connect_accept_and_refused(self):
+        loop = self.loop
+
+        async def main():
+            ls = socket.socket()
+            ls.bind(("127.0.0.1", 0))
+            ls.listen()
+            ls.setblocking(False)
+            port = ls.getsockname()[1]
+            accepting = loop.create_task(loop.sock_accept(ls))
+            await asyncio.sleep(0.01)
+            self.assertTrue(self.watching(ls))
+            c = socket.socket()
+            c.setblocking(False)
+            await loop.sock_connect(c, ("localhost", port))  # resolved first
+            conn, addr = await accepting
+            self.assertIs(type(conn), socket.socket)
+            self.assertEqual(conn.gettimeout(), 0.0)
+            self.assertEqual(addr, c.getsockname())
+            self.assertEqual(conn.getpeername(), c.getsockname())
+            await loop.sock_sendall(c, b"ping")
+            self.assertEqual(await loop.sock_recv(conn, 10), b"ping")
+            for s in (c, conn, ls):
+                s.close()
+            c = socket.socket()
+            c.setblocking(False)
+            with self.assertRaises(ConnectionRefusedError) as cm:
+                await loop.sock_connect(c, ("127.0.0.1", port))
+            self.assertEqual(cm.exception.errno, 111)
+            self.assertFalse(self.watching(c, True))
+            c.close()
+        loop.run_until_complete(main())
+
+    def test_udp_sendto_recvfrom(self):
+        loop = self.loop
+
+        async def main():
+            r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for x in (r, s):
+                x.bind(("127.0.0.1", 0))
+                x.setblocking(False)
+                self.addCleanup(x.close)
+            task = loop.create_task(loop.sock_recvfrom(r, 100))
+            await asyncio.sleep(0.01)
+            self.assertEqual(await loop.sock_sendto(s, b"hello", r.getsockname()), 5)
+            self.assertEqual(await task, (b"hello", s.getsockname()))
+            # a name: the socket module resolves it, as on the stock loop
+            await loop.sock_sendto(s, b"again", ("localhost", r.getsockname()[1]))
+            await asyncio.sleep(0.01)
+            self.assertEqual(await loop.sock_recvfrom(r, 3), (b"aga", s.getsockname()))  # truncated
+        loop.run_until_complete(main())
+
+    def test_blocking_socket_rejected_in_debug_mode(self):
+        a, b = self.pair()
+        a.setblocking(True)
+        loop = self.loop
+        loop.set_debug(True)
+        for call in (lambda: loop.sock_recv(a, 1), lambda: loop.sock_sendall(a, b"x"),
+                     lambda: loop.sock_accept(a), lambda: loop.sock_recv_into(a, bytearray(1)),
+                     lambda: loop.sock_connect(a, ("127.0.0.1", 1))):
+            with self.assertRaisesRegex(ValueError, "the socket must be non-blocking"):
+                loop.run_until_complete(call())
+        loop.set_debug(False)
+        # outside debug mode, asyncio's (blocking) behaviour
+        loop.run_until_complete(loop.sock_sendall(a, b"z"))
+        self.assertEqual(b.recv(1), b"z")
+
+    def test_coroutine_protocol(self):
+        a, b = self.pair()
+        loop = self.loop
+
+        async def main():
+            # cancelled before its first step: the task throws into it
+            task = loop.create_task(loop.sock_recv(a, 1))
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+            self.assertFalse(self.watching(a))
+            # closed before it ran: nothing was read
+            loop.sock_recv(a, 1).close()
+            b.send(b"k")
+            await asyncio.sleep(0.01)
+            call = loop.sock_recv(a, 1)
+            self.assertEqual(await call, b"k")
+            with self.assertRaisesRegex(RuntimeError, "cannot reuse"):
+                await call
+            task = loop.create_task(loop.sock_recv(a, 1))
+            self.assertIn("sock_recv", repr(task))
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+        loop.run_until_complete(main())
+
+    def test_ssl_socket_gets_asyncios_error(self):
+        import ssl
+        ctx = ssl.create_default_context()
+        with ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False) as s:
+            with self.assertRaisesRegex(TypeError, "SSLSocket"):
+                self.loop.run_until_complete(self.loop.sock_recv(s, 1))
+
+    def test_fd_used_by_a_transport(self):
+        a, b = self.pair()
+        loop = self.loop
+
+        async def main():
+            t, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+            with self.assertRaisesRegex(RuntimeError, "is used by transport"):
+                await loop.sock_recv(a, 1)
+            t.close()
+        loop.run_until_complete(main())
+
+
 class TestSignals(unittest.TestCase):
     def test_interrupt_ends_a_blocking_poll(self):
         # The core polls without the GIL: a signal must still end the poll.

@@ -3,7 +3,7 @@
 The hot half lives in C (globeflower._core.LoopBase): call_soon, timers,
 call_soon_threadsafe, one loop iteration (polling without the GIL), fd
 watchers and the socket transports. The cold half is asyncio's own loop code
-(run_until_complete, create_connection/create_server set-up, sock_*,
+(run_until_complete, create_connection/create_server set-up, sock_sendfile,
 executors, exception handler, shutdown_*): we inherit it, and it reaches the
 core through the C methods above, which replace the selector-based ones it
 would otherwise use. No selector is ever polled.
@@ -219,7 +219,21 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
         d = self.__dict__
         return (not self._debug and "getaddrinfo" not in d and "sock_connect" not in d
                 and "_ensure_resolved" not in d and base_events.socket is socket
-                and type(self).sock_connect is unix_events.SelectorEventLoop.sock_connect)
+                and type(self).sock_connect is Loop.sock_connect)
+
+    # sock_recv, sock_sendall, sock_accept & co. are C (_core.LoopBase,
+    # sock.c); sock_connect resolves the address here, as asyncio does,
+    # then connects in C.
+    async def sock_connect(self, sock, address):
+        """Connect to a remote socket at address."""
+        if type(sock) is not socket.socket or sock.gettimeout() != 0:
+            # SSL sockets, stand-ins and blocking sockets: asyncio's
+            return await super().sock_connect(sock, address)
+        if sock.family == socket.AF_INET or (base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        return await self._gfl_sock_connect(sock, address)
 
     async def create_connection(self, protocol_factory, host=None, port=None, **kw):
         if (host is None or port is None or not isinstance(host, str) or not isinstance(port, (int, str))

@@ -102,6 +102,17 @@ PyObject *gflpy_exception_from_value(gfl_value *error);
 /* Reports an error raised by a callback: a BaseException that must stop
  * the loop is stored, anything else goes to the exception handler. */
 void gflpy_loop_report(gflpy_loop *loop, PyObject *context_handle_or_null);
+/* asyncio's _add_reader(fd, callback) / _add_writer in C: a new handle
+ * (replacing and cancelling the fd's previous one); NULL on error. */
+PyObject *gflpy_watch_add(gflpy_loop *loop, int fd, int writer, PyObject *callback);
+/* _remove_reader(fd) / _remove_writer: 1 if one was removed, else 0. */
+int gflpy_watch_remove(gflpy_loop *loop, int fd, int writer);
+
+/* ------------------------------------------------------------------ */
+/* The loop's sock_* methods (sock.c)                                  */
+
+/* Adds sock_recv & co. to the LoopBase type. */
+int gflpy_sock_init(PyTypeObject *loop_type);
 
 /* ------------------------------------------------------------------ */
 /* Handles (handles.c)                                                 */

@@ -799,14 +799,67 @@ static int to_fd(PyObject *o)
     return fd;
 }
 
-/* Cancels a handle the asyncio way (its cancel() method). */
+/* Cancels a handle the asyncio way: what Handle.cancel() does, in C for
+ * our own plain handles outside debug mode (it runs on every completed
+ * sock_* wait), its cancel() method otherwise. */
 static void cancel_handle(PyObject *h)
 {
+    if (Py_TYPE(h) == (PyTypeObject *)gflpy.Handle) {
+        PyObject *loop = GFLPY_SLOT(h, gflpy_hoff.loop);
+        if (loop && PyObject_TypeCheck(loop, gflpy_LoopType) && !((gflpy_loop *)loop)->debug) {
+            if (GFLPY_SLOT(h, gflpy_hoff.cancelled) != Py_True) {
+                gflpy_slot_set(h, gflpy_hoff.cancelled, Py_True);
+                gflpy_slot_set(h, gflpy_hoff.callback, Py_None);
+                gflpy_slot_set(h, gflpy_hoff.args, Py_None);
+            }
+            return;
+        }
+    }
     PyObject *r = PyObject_CallMethod(h, "cancel", NULL);
     if (r)
         Py_DECREF(r);
     else
         PyErr_WriteUnraisable(h);
+}
+
+/* Makes handle `h` the reader or writer of fd (asyncio's _add_reader
+ * body): the handle it replaces is cancelled. 0, or -1 with an error. */
+static int watch_set(gflpy_loop *self, int fd, int writer, PyObject *h)
+{
+    if (grow_watches(self, fd) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    struct gflpy_watch **slot = writer ? &self->writers[fd] : &self->readers[fd];
+    struct gflpy_watch *w = *slot;
+    PyObject *old = NULL;
+    if (!w) {
+        w = PyMem_Calloc(1, sizeof *w);
+        if (!w) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        w->loop = self;
+        w->fd = fd;
+        w->writer = writer;
+    } else {
+        old = w->handle;
+    }
+    int rc = writer ? API->add_writer(self->core, fd, watch_cb, w) : API->add_reader(self->core, fd, watch_cb, w);
+    if (rc < 0) {
+        if (!*slot)
+            PyMem_Free(w);
+        gflpy_raise(rc);
+        return -1;
+    }
+    Py_INCREF(h);
+    w->handle = h;
+    *slot = w;
+    if (old) {
+        cancel_handle(old);
+        Py_DECREF(old);
+    }
+    return 0;
 }
 
 static PyObject *add_watch(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, int writer)
@@ -831,53 +884,41 @@ static PyObject *add_watch(gflpy_loop *self, PyObject *const *args, Py_ssize_t n
     Py_DECREF(cbargs);
     if (!h)
         return NULL;
-    if (grow_watches(self, fd) < 0) {
+    if (watch_set(self, fd, writer, h) < 0) {
         Py_DECREF(h);
-        return PyErr_NoMemory();
-    }
-    struct gflpy_watch **slot = writer ? &self->writers[fd] : &self->readers[fd];
-    struct gflpy_watch *w = *slot;
-    PyObject *old = NULL;
-    if (!w) {
-        w = PyMem_Calloc(1, sizeof *w);
-        if (!w) {
-            Py_DECREF(h);
-            return PyErr_NoMemory();
-        }
-        w->loop = self;
-        w->fd = fd;
-        w->writer = writer;
-    } else {
-        old = w->handle;
-    }
-    int rc = writer ? API->add_writer(self->core, fd, watch_cb, w) : API->add_reader(self->core, fd, watch_cb, w);
-    if (rc < 0) {
-        if (!*slot)
-            PyMem_Free(w);
-        Py_DECREF(h);
-        return gflpy_raise(rc);
-    }
-    Py_INCREF(h);
-    w->handle = h;
-    *slot = w;
-    if (old) {
-        cancel_handle(old);
-        Py_DECREF(old);
+        return NULL;
     }
     return h;
 }
 
-static PyObject *remove_watch(gflpy_loop *self, PyObject *fdobj, int writer)
+PyObject *gflpy_watch_add(gflpy_loop *self, int fd, int writer, PyObject *callback)
 {
-    int fd = to_fd(fdobj);
-    if (fd < 0)
+    if (check_open(self) < 0)
         return NULL;
-    if (self->closed || !self->core || fd >= self->nwatch)
-        Py_RETURN_FALSE;
+    if (fd < 0)
+        return PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %d", fd);
+    PyObject *noargs = PyTuple_New(0);
+    PyObject *h = noargs ? gflpy_handle_new(self, callback, noargs, NULL) : NULL;
+    Py_XDECREF(noargs);
+    if (!h)
+        return NULL;
+    if (watch_set(self, fd, writer, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* asyncio's _remove_reader/_remove_writer on an fd: 1 if a watcher was
+ * removed (its handle cancelled), 0 if there was none. */
+int gflpy_watch_remove(gflpy_loop *self, int fd, int writer)
+{
+    if (self->closed || !self->core || fd < 0 || fd >= self->nwatch)
+        return 0;
     struct gflpy_watch **slot = writer ? &self->writers[fd] : &self->readers[fd];
     struct gflpy_watch *w = *slot;
     if (!w)
-        Py_RETURN_FALSE;
+        return 0;
     if (writer)
         API->remove_writer(self->core, fd);
     else
@@ -889,7 +930,15 @@ static PyObject *remove_watch(gflpy_loop *self, PyObject *fdobj, int writer)
         cancel_handle(h);
         Py_DECREF(h);
     }
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+static PyObject *remove_watch(gflpy_loop *self, PyObject *fdobj, int writer)
+{
+    int fd = to_fd(fdobj);
+    if (fd < 0)
+        return NULL;
+    return PyBool_FromLong(gflpy_watch_remove(self, fd, writer));
 }
 
 static PyObject *loop_add_reader(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs)
@@ -997,6 +1046,14 @@ static int set_stopping_attr(gflpy_loop *self, PyObject *v, void *c)
     return 0;
 }
 
+/* BaseEventLoop.get_debug() in C: every Future and Task asks the loop at
+ * construction. */
+static PyObject *loop_get_debug(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->debug);
+}
+
 static PyGetSetDef loop_getset[] = {
     {"_stopping", (getter)get_stopping_attr, (setter)set_stopping_attr, NULL, NULL},
     {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
@@ -1006,6 +1063,7 @@ static PyGetSetDef loop_getset[] = {
 
 static PyMethodDef loop_methods[] = {
     {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's monotonic clock."},
+    {"get_debug", (PyCFunction)loop_get_debug, METH_NOARGS, "True when debug mode is on."},
     {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
@@ -1061,6 +1119,8 @@ int gflpy_loop_init_type(PyObject *module)
 {
     gflpy_LoopType = (PyTypeObject *)PyType_FromSpec(&loop_spec);
     if (!gflpy_LoopType)
+        return -1;
+    if (gflpy_sock_init(gflpy_LoopType) < 0)
         return -1;
     Py_INCREF(gflpy_LoopType);
     if (PyModule_AddObject(module, "LoopBase", (PyObject *)gflpy_LoopType) < 0) {
