@@ -28,6 +28,7 @@ enum gfl_slot_state {
     GFL_SLOT_READY,     /* in the ready queue */
     GFL_SLOT_TIMER,     /* in the timer heap */
     GFL_SLOT_CANCELLED, /* cancelled, still referenced by the heap or queue */
+    GFL_SLOT_PARKED,    /* an owned slot (below) that is not queued */
 };
 
 enum gfl_slot_kind {
@@ -36,6 +37,10 @@ enum gfl_slot_kind {
     /* fcb(future, rec->arg) where arg is a struct gfl_future_rel (freed
      * when the slot runs or is dropped; dropped: rec->release(rec->arg)) */
     GFL_SLOT_FUTURE_REL,
+    /* cb(arg), owned by one I/O source for its whole life and queued again
+     * on every readiness: no allocation or handle per event. Running it
+     * parks it instead of freeing it; no public handle ever names it. */
+    GFL_SLOT_OWNED,
 };
 
 /* The argument of a GFL_SLOT_FUTURE_REL slot (from the loop's allocator). */
@@ -145,8 +150,18 @@ struct gfl_loop {
 };
 
 /* ---- loop.c ---- */
-/* GFL_OK, or GFL_EINVAL / GFL_ECLOSED / GFL_EWRONGTHREAD. */
-int gfl__check_loop(const gfl_loop *loop);
+/* GFL_OK, or GFL_EINVAL / GFL_ECLOSED / GFL_EWRONGTHREAD. Inline: it guards
+ * every call on the hot path (a write per message). */
+static inline int gfl__check_loop(const gfl_loop *loop)
+{
+    if (!loop)
+        return GFL_EINVAL;
+    if (loop->closed)
+        return GFL_ECLOSED;
+    if (!pthread_equal(loop->owner, pthread_self()))
+        return GFL_EWRONGTHREAD;
+    return GFL_OK;
+}
 void gfl__loop_memref(gfl_loop *loop);
 void gfl__loop_memunref(gfl_loop *loop);
 /* Schedules fcb(future, arg) on the ready queue, holding a future reference
@@ -160,8 +175,42 @@ int gfl__call_soon_future_rel(gfl_loop *loop, gfl_future_callback fcb, gfl_futur
 /* ---- handles.c: the handle table and ready queue ---- */
 int gfl__slot_alloc(gfl_loop *loop, uint32_t *index);
 void gfl__slot_release(gfl_loop *loop, uint32_t index);
-int gfl__ready_push(gfl_loop *loop, uint32_t index); /* sets GFL_SLOT_READY */
-uint32_t gfl__ready_pop(gfl_loop *loop);                 /* ready_count > 0 */
+int gfl__ready_grow(gfl_loop *loop); /* doubles the ring */
+
+/* Appends a slot to the ready queue and sets GFL_SLOT_READY. */
+static inline int gfl__ready_push(gfl_loop *loop, uint32_t index)
+{
+    if (loop->ready_count == loop->ready_cap) {
+        int rc = gfl__ready_grow(loop);
+        if (rc < 0)
+            return rc;
+    }
+    loop->ready[(loop->ready_head + loop->ready_count) & (loop->ready_cap - 1)] = index;
+    loop->ready_count++;
+    loop->slots[index].state = GFL_SLOT_READY;
+    return GFL_OK;
+}
+
+/* Takes the first slot of the ready queue (ready_count > 0). */
+static inline uint32_t gfl__ready_pop(gfl_loop *loop)
+{
+    uint32_t index = loop->ready[loop->ready_head];
+    loop->ready_head = (loop->ready_head + 1) & (loop->ready_cap - 1);
+    loop->ready_count--;
+    return index;
+}
+
+/* Owned slots (GFL_SLOT_OWNED): one per I/O source, queued per readiness. */
+int gfl__owned_slot_new(gfl_loop *loop, gfl_callback cb, void *arg, uint32_t *index);
+/* Gives it up; if it is queued it is dropped (not run) when reached. */
+void gfl__owned_slot_free(gfl_loop *loop, uint32_t index);
+/* Queues it unless it is queued already; GFL_OK or GFL_ENOMEM. */
+static inline int gfl__owned_slot_queue(gfl_loop *loop, uint32_t index)
+{
+    if (loop->slots[index].state == GFL_SLOT_READY)
+        return GFL_OK;
+    return gfl__ready_push(loop, index);
+}
 int gfl__ready_reserve(gfl_loop *loop, size_t extra);     /* room for extra pushes */
 gfl_handle gfl__handle_of(const gfl_loop *loop, uint32_t index);
 /* The slot a handle names, or NULL for a stale/invalid handle. */

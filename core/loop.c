@@ -49,17 +49,6 @@ static void *default_realloc(void *ud, void *ptr, size_t size)
     return realloc(ptr, size);
 }
 
-int gfl__check_loop(const gfl_loop *loop)
-{
-    if (!loop)
-        return GFL_EINVAL;
-    if (loop->closed)
-        return GFL_ECLOSED;
-    if (!pthread_equal(loop->owner, pthread_self()))
-        return GFL_EWRONGTHREAD;
-    return GFL_OK;
-}
-
 /* Whether `opts` (of the caller's size) contains `field`. */
 #define HAS_OPTION(opts, field) \
     ((opts)->size >= offsetof(gfl_loop_options, field) + sizeof((opts)->field))
@@ -312,6 +301,13 @@ static void report_slow(gfl_loop *loop, gfl_callback cb, void *arg, double secon
 static void run_slot(gfl_loop *loop, uint32_t i)
 {
     struct gfl_slot *s = &loop->slots[i];
+    if (s->kind == GFL_SLOT_OWNED && !loop->debug) {
+        /* Readiness of an I/O source: parked, not freed (its owner may
+         * queue it again from the callback's next poll on). */
+        s->state = GFL_SLOT_PARKED;
+        s->fn.cb(s->arg);
+        return;
+    }
     if (s->state == GFL_SLOT_CANCELLED) {
         gfl__slot_drop(loop, i);
         return;
@@ -322,8 +318,13 @@ static void run_slot(gfl_loop *loop, uint32_t i)
     gfl_callback cb = s->fn.cb;
     gfl_future_callback fcb = s->fn.fcb;
     void *arg = s->arg;
-    gfl_future *future = kind != GFL_SLOT_PLAIN ? s->future : NULL;
-    gfl__slot_release(loop, i);
+    gfl_future *future = kind == GFL_SLOT_FUTURE || kind == GFL_SLOT_FUTURE_REL ? s->future : NULL;
+    if (kind == GFL_SLOT_OWNED) {
+        s->state = GFL_SLOT_PARKED;
+        kind = GFL_SLOT_PLAIN;
+    } else {
+        gfl__slot_release(loop, i);
+    }
     if (kind == GFL_SLOT_FUTURE_REL) {
         /* It runs: the callback owns the argument, release is not called. */
         struct gfl_future_rel *rec = arg;

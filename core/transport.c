@@ -327,15 +327,21 @@ GFL_EXPORT gfl_transport *gfl_transport_ref(gfl_transport *t)
     return t;
 }
 
-GFL_EXPORT void gfl_transport_unref(gfl_transport *t)
+/* Drops a reference known to be held (refs > 0). */
+static inline void drop_ref(gfl_transport *t)
 {
-    if (!t || t->refs <= 0)
-        return;
     if (--t->refs > 0)
         return;
     gfl_loop *loop = t->loop;
     t->ops->destroy(t);
     gfl__loop_memunref(loop);
+}
+
+GFL_EXPORT void gfl_transport_unref(gfl_transport *t)
+{
+    if (!t || t->refs <= 0)
+        return;
+    drop_ref(t);
 }
 
 GFL_EXPORT gfl_loop *gfl_transport_loop(const gfl_transport *t)
@@ -593,7 +599,7 @@ struct fd_transport {
     bool shut_wr;
     bool eof_seen; /* EOF read: reading can never resume */
     short io_pending;     /* readiness seen by libevent, not yet handled */
-    gfl_handle io_handle; /* the queued io_run */
+    uint32_t io_slot;     /* owned slot that runs io_run (GFL_NO_SLOT: none) */
     struct event rev, wev;
     struct wchunk *whead, *wtail;
     size_t wsize;
@@ -609,10 +615,8 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     struct fd_transport *ft = arg;
     (void)fd;
     ft->io_pending |= what;
-    if (ft->io_handle > 0)
-        return;
-    gfl_handle h = gfl__queue_plain(ft->base.loop, io_run, ft);
-    ft->io_handle = h > 0 ? h : 0; /* ENOMEM: level-triggered, retried next poll */
+    /* ENOMEM: not queued; level-triggered, so retried at the next poll. */
+    (void)gfl__owned_slot_queue(ft->base.loop, ft->io_slot);
 }
 
 static void set_rev(struct fd_transport *ft, bool on)
@@ -919,12 +923,11 @@ static void io_run(void *arg)
 {
     struct fd_transport *ft = arg;
     gfl_transport *t = &ft->base;
-    ft->io_handle = 0;
     short what = ft->io_pending;
     ft->io_pending = 0;
     if (t->lost_scheduled || t->lost)
         return;
-    gfl_transport_ref(t);
+    t->refs++; /* the protocol may close and drop the last user reference */
     if ((what & EV_WRITE) && ft->wev_added)
         flush(ft);
     if ((what & EV_READ) && ft->rev_added && !t->lost_scheduled) {
@@ -933,7 +936,7 @@ static void io_run(void *arg)
         else if (t->reading)
             do_read(ft);
     }
-    gfl_transport_unref(t);
+    drop_ref(t);
 }
 
 static int fd_write_eof(gfl_transport *t)
@@ -1054,9 +1057,9 @@ static int fd_fileno(gfl_transport *t)
 static void fd_teardown(gfl_transport *t)
 {
     struct fd_transport *ft = FT(t);
-    if (ft->io_handle > 0)
-        (void)gfl_handle_cancel(t->loop, ft->io_handle);
-    ft->io_handle = 0;
+    if (ft->io_slot != GFL_NO_SLOT)
+        gfl__owned_slot_free(t->loop, ft->io_slot); /* queued: dropped unrun */
+    ft->io_slot = GFL_NO_SLOT;
     set_rev(ft, false);
     set_wev(ft, false);
     free_chunks(ft);
@@ -1115,10 +1118,17 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
     struct fd_transport *ft = gfl__alloc(loop, sizeof *ft);
     if (!ft)
         return NULL;
-    if (gfl__transport_init(&ft->base, loop, &fd_ops) < 0) {
+    uint32_t io_slot;
+    if (gfl__owned_slot_new(loop, io_run, ft, &io_slot) < 0) {
         gfl__free(loop, ft);
         return NULL;
     }
+    if (gfl__transport_init(&ft->base, loop, &fd_ops) < 0) {
+        gfl__owned_slot_free(loop, io_slot);
+        gfl__free(loop, ft);
+        return NULL;
+    }
+    ft->io_slot = io_slot;
     ft->fd = fd;
     ft->kind = kind;
     ft->is_socket = S_ISSOCK(st.st_mode);
@@ -1126,7 +1136,6 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
     ft->watch_reader_gone = kind == GFL_FD_WRITE_PIPE && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
     ft->rev_added = ft->wev_added = ft->shut_wr = ft->eof_seen = false;
     ft->io_pending = 0;
-    ft->io_handle = 0;
     ft->whead = ft->wtail = NULL;
     ft->wsize = 0;
     ft->base.on_made = fd_on_made;
