@@ -15,6 +15,7 @@
 
 struct event_base;
 struct event;
+struct epoll_event;
 
 /* ---- allocation through the loop's hook ---- */
 void *gfl__alloc(gfl_loop *loop, size_t size);
@@ -147,6 +148,10 @@ struct gfl_loop {
     void (*after_poll)(gfl_loop *loop, void *ud);
     void *poll_hook_ud;
     struct gfl_streams *streams; /* transport.c: open transports/servers (NULL: none) */
+    /* iopoll.c: our epoll set (stream fds + libevent's epoll fd), -1: none */
+    int io_epfd;
+    struct epoll_event *io_events;
+    int io_events_cap;
 };
 
 /* ---- loop.c ---- */
@@ -234,6 +239,29 @@ void gfl__threadsafe_close(gfl_loop *loop);
 /* ---- watchers.c ---- */
 void gfl__watchers_close(gfl_loop *loop);
 void gfl__backend_close(gfl_loop *loop); /* backend.c */
+
+/* backend.c: libevent's epoll fd for this loop, identified without doubt
+ * (fdinfo: it watches the loop's wake eventfd), or a GFL_E* code. `hint`
+ * (or -1): the fd to check first, before scanning every fd. */
+int gfl__libevent_epoll_fd(gfl_loop *loop, int hint);
+
+/* ---- iopoll.c: direct epoll for stream fds ---- */
+struct gfl_io_source {
+    /* Called inside the poll with EV_READ/EV_WRITE (within `interest`). */
+    void (*ready)(struct gfl_io_source *src, short what);
+    int fd;
+    short interest; /* EV_READ|EV_WRITE in the set; 0: not in it */
+};
+/* Sets up our epoll set at loop creation (hint: see gfl__libevent_epoll_fd);
+ * on any failure loop->io_epfd stays -1. */
+void gfl__iopoll_init(gfl_loop *loop, int hint);
+/* Makes src's registration match `want` (0: removed); GFL_OK or an error. */
+int gfl__iopoll_set(gfl_loop *loop, struct gfl_io_source *src, short want);
+/* The poll phase when active: waits (block) or not, dispatches. */
+void gfl__iopoll_poll(gfl_loop *loop, bool block);
+/* Adds our set to another epoll fd (the backend fd), if we have one. */
+int gfl__iopoll_attach(gfl_loop *loop, int epfd);
+void gfl__iopoll_close(gfl_loop *loop);
 
 /* ---- signals.c ---- */
 void gfl__signals_close(gfl_loop *loop);

@@ -118,6 +118,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     loop->free_head = GFL_NO_SLOT;
     loop->wake_fd = -1;
     loop->backend_fd = -1;
+    loop->io_epfd = -1;
     loop->debug = debug != 0;
     loop->slow_callback_duration = slow;
     loop->executor_threads = threads;
@@ -129,6 +130,11 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     if (!cfg)
         goto fail;
     event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
+    /* The lowest free fd now: where libevent's epoll fd will most likely
+     * land (iopoll.c checks before it believes it). */
+    int epoll_hint = dup(STDERR_FILENO);
+    if (epoll_hint >= 0)
+        close(epoll_hint);
     loop->base = event_base_new_with_config(cfg);
     event_config_free(cfg);
     if (!loop->base)
@@ -141,6 +147,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
         goto fail_timerfd;
     if (event_add(loop->poll_timeout, NULL) < 0 || gfl__threadsafe_init(loop) < 0)
         goto fail_timer;
+    gfl__iopoll_init(loop, epoll_hint); /* optional: streams fall back to libevent */
     return loop;
 
 fail_timer:
@@ -179,6 +186,7 @@ static void close_loop(gfl_loop *loop)
     gfl__watchers_close(loop);
     gfl__signals_close(loop);
     gfl__backend_close(loop);
+    gfl__iopoll_close(loop);
 
     /* Drop every scheduled callback without running it. */
     while (loop->ready_count > 0) {
@@ -259,7 +267,10 @@ static void poll_io(gfl_loop *loop, double timeout)
     if (timeout == 0) {
         /* NONBLOCK alone keeps dispatching while anything is active: a fd
          * that stays readable until the ready queue reads it would spin. */
-        event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
+        if (loop->io_epfd >= 0)
+            gfl__iopoll_poll(loop, false);
+        else
+            event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
         return;
     }
     if (loop->before_poll)
@@ -279,7 +290,10 @@ static void poll_io(gfl_loop *loop, double timeout)
         loop->poll_timer_armed = timeout > 0;
         timerfd_settime(loop->poll_timer_fd, 0, &its, NULL);
     }
-    event_base_loop(loop->base, EVLOOP_ONCE);
+    if (loop->io_epfd >= 0)
+        gfl__iopoll_poll(loop, true); /* the timerfd bounds it through libevent's fd */
+    else
+        event_base_loop(loop->base, EVLOOP_ONCE);
     if (loop->after_poll)
         loop->after_poll(loop, loop->poll_hook_ud);
 }

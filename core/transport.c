@@ -600,7 +600,9 @@ struct fd_transport {
     bool eof_seen; /* EOF read: reading can never resume */
     short io_pending;     /* readiness seen by libevent, not yet handled */
     uint32_t io_slot;     /* owned slot that runs io_run (GFL_NO_SLOT: none) */
-    struct event rev, wev;
+    struct event rev, wev;    /* used unless `direct` */
+    bool direct;              /* polled by iopoll.c through `src` */
+    struct gfl_io_source src;
     struct wchunk *whead, *wtail;
     size_t wsize;
 };
@@ -619,14 +621,32 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     (void)gfl__owned_slot_queue(ft->base.loop, ft->io_slot);
 }
 
+/* The same, from our own epoll set (iopoll.c). */
+static void on_direct_io(struct gfl_io_source *src, short what)
+{
+    struct fd_transport *ft = (struct fd_transport *)((char *)src - offsetof(struct fd_transport, src));
+    ft->io_pending |= what;
+    (void)gfl__owned_slot_queue(ft->base.loop, ft->io_slot);
+}
+
+/* Adds or removes one direction: 0 on success. */
+static int set_event(struct fd_transport *ft, struct event *ev, short bit, bool on)
+{
+    if (ft->direct) {
+        short want = (short)(on ? ft->src.interest | bit : ft->src.interest & ~bit);
+        return gfl__iopoll_set(ft->base.loop, &ft->src, want);
+    }
+    return on ? event_add(ev, NULL) : event_del(ev);
+}
+
 static void set_rev(struct fd_transport *ft, bool on)
 {
     if (on == ft->rev_added || ft->fd < 0)
         return;
     if (on)
-        ft->rev_added = event_add(&ft->rev, NULL) == 0;
+        ft->rev_added = set_event(ft, &ft->rev, EV_READ, true) == 0;
     else {
-        event_del(&ft->rev);
+        (void)set_event(ft, &ft->rev, EV_READ, false);
         ft->rev_added = false;
         ft->io_pending &= (short)~EV_READ;
     }
@@ -637,9 +657,9 @@ static void set_wev(struct fd_transport *ft, bool on)
     if (on == ft->wev_added || ft->fd < 0)
         return;
     if (on)
-        ft->wev_added = event_add(&ft->wev, NULL) == 0;
+        ft->wev_added = set_event(ft, &ft->wev, EV_WRITE, true) == 0;
     else {
-        event_del(&ft->wev);
+        (void)set_event(ft, &ft->wev, EV_WRITE, false);
         ft->wev_added = false;
         ft->io_pending &= (short)~EV_WRITE;
     }
@@ -1143,6 +1163,10 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
         ft->base.eof_written = false;
     event_assign(&ft->rev, loop->base, fd, EV_READ | EV_PERSIST, on_io, ft);
     event_assign(&ft->wev, loop->base, fd, EV_WRITE | EV_PERSIST, on_io, ft);
+    ft->direct = loop->io_epfd >= 0;
+    ft->src.ready = on_direct_io;
+    ft->src.fd = fd;
+    ft->src.interest = 0;
     return &ft->base;
 }
 
