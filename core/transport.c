@@ -349,8 +349,9 @@ GFL_EXPORT gfl_loop *gfl_transport_loop(const gfl_transport *t)
     return t ? t->loop : NULL;
 }
 
-/* GFL_OK if `t` may be used: a live transport on its loop's thread. */
-static int check(gfl_transport *t)
+/* GFL_OK if `t` may be used: a live transport on its loop's thread.
+ * Inlined: it guards every write (one per message on the hot path). */
+static inline __attribute__((always_inline)) int check(gfl_transport *t)
 {
     if (!t || t->refs <= 0)
         return GFL_EINVAL;
@@ -360,7 +361,7 @@ static int check(gfl_transport *t)
     return t->lost ? GFL_ECLOSED : GFL_OK;
 }
 
-static int check_writable(gfl_transport *t)
+static inline __attribute__((always_inline)) int check_writable(gfl_transport *t)
 {
     int rc = check(t);
     if (rc < 0)
@@ -840,7 +841,10 @@ static int fd_writev_op(gfl_transport *t, const gfl_iovec *iov, int iovcnt, size
         int cnt = iovcnt < FLUSH_IOV ? iovcnt : FLUSH_IOV;
         ssize_t w;
         do
-            w = fd_writev(ft, (const struct iovec *)iov, cnt);
+            if (cnt == 1 && ft->is_socket) /* the usual case, without a call */
+                w = send(ft->fd, iov[0].base, iov[0].len, MSG_NOSIGNAL);
+            else
+                w = fd_writev(ft, (const struct iovec *)iov, cnt);
         while (w < 0 && errno == EINTR);
         if (w < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
