@@ -152,6 +152,9 @@ struct gfl_loop {
     int io_epfd;
     struct epoll_event *io_events;
     int io_events_cap;
+    struct gfl_io_source **io_sources; /* indexed by fd */
+    int io_sources_cap;
+    uint32_t io_tag; /* the last registration's tag */
 };
 
 /* ---- loop.c ---- */
@@ -251,6 +254,7 @@ struct gfl_io_source {
     void (*ready)(struct gfl_io_source *src, short what);
     int fd;
     short interest; /* EV_READ|EV_WRITE in the set; 0: not in it */
+    uint32_t tag;   /* of the current registration (iopoll.c) */
 };
 /* Sets up our epoll set at loop creation (hint: see gfl__libevent_epoll_fd);
  * on any failure loop->io_epfd stays -1. */

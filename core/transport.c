@@ -4,12 +4,13 @@
  * layer used by TCP, Unix sockets and pipes.
  *
  * Hot path, by design (asyncio's selector transports, minus bufferevents):
- *  - each fd has two plain libevent events (EV_PERSIST): a read event,
- *    added while reading, and a write event, added ONLY while the write
- *    buffer is non-empty, so an echo costs read + write + epoll_wait;
- *  - libevent's callback only records readiness and queues one ready-queue
- *    callback per transport, so protocol code runs with the other ready
- *    callbacks, never inside the poll;
+ *  - each fd is watched for reading while reading, and for writing ONLY
+ *    while the write buffer is non-empty, so an echo costs read + write +
+ *    a share of epoll_wait; the loop's own epoll set does it (iopoll.c),
+ *    or two libevent events (EV_PERSIST) when that set is not available;
+ *  - the poll only records readiness and queues the transport's owned
+ *    ready-queue slot (no allocation), so protocol code runs with the other
+ *    ready callbacks, never inside the poll;
  *  - reading: one read() per readiness into the loop's shared 256 KiB
  *    buffer (data_received borrows it), or into the protocol's own buffer
  *    (get_buffer/buffer_updated);

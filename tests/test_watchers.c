@@ -812,3 +812,42 @@ Test(backend, stream_readiness)
     cr_assert_eq(read(sv[1], buf, sizeof buf), 0, "closed: EOF at the peer");
     close(sv[1]);
 }
+
+/* Misuse: the fd of a stream closed behind its transport while a duplicate
+ * keeps the file open. The kernel keeps the file in the poll set after the
+ * transport is gone; its readiness must reach nothing (valgrind run: no
+ * invalid read), and the loop keeps working. */
+Test(backend, stream_fd_closed_behind_the_transport)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct stream_seen s = { 0 };
+    gfl_future *f = gfl_connect_socket(loop, stream_factory, &s, NULL, sv[0]);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 10 && !s.t; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_not_null(s.t);
+    gfl_future_unref(f);
+
+    int dup_fd = dup(sv[0]);
+    cr_assert_geq(dup_fd, 0);
+    close(sv[0]); /* behind the transport's back */
+    cr_assert_eq(gfl_transport_abort(s.t), 0);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0); /* connection_lost; the transport is freed */
+
+    cr_assert_eq(write(sv[1], "late", 4), 4); /* the orphaned file turns readable */
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(s.len, 0, "nothing delivered after the transport was lost");
+
+    /* The loop still works: a timer runs. */
+    int ran = 0;
+    cr_assert_gt(gfl_call_later(loop, 0.001, timer_cb, &ran), 0);
+    timer_ran = 0;
+    for (int i = 0; i < 200 && !timer_ran; i++)
+        gfl_loop_run_once(loop, 0.01);
+    cr_assert_eq(timer_ran, 1);
+    close(dup_fd);
+    close(sv[1]);
+}
