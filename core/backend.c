@@ -99,7 +99,7 @@ static int scan_eventpolls(gfl_loop *loop, struct fd_list *out)
     while ((e = readdir(d)) != NULL) {
         char *end;
         long fd = strtol(e->d_name, &end, 10);
-        if (end == e->d_name || *end || fd < 0 || fd == self || fd == loop->backend_fd)
+        if (end == e->d_name || *end || fd < 0 || fd == self || fd == loop->backend_fd || fd == loop->io_epfd)
             continue;
         if (is_eventpoll((int)fd) && (rc = list_push(loop, out, (int)fd)) < 0)
             break;
@@ -166,8 +166,9 @@ static bool validate_by_readiness(gfl_loop *loop, struct fd_list *c)
     return ok;
 }
 
-/* libevent's epoll fd for this loop, or a GFL_E* code. */
-static int find_libevent_epoll(gfl_loop *loop)
+/* libevent's epoll fd for this loop, or a GFL_E* code. `strict`: only a
+ * unique fdinfo match counts (no readiness validation). */
+static int find_libevent_epoll(gfl_loop *loop, bool strict)
 {
     if (strcmp(event_base_get_method(loop->base), "epoll") != 0 || loop->wake_fd < 0)
         return GFL_ENOSYS;
@@ -181,7 +182,9 @@ static int find_libevent_epoll(gfl_loop *loop)
         else if (w == 1)
             rc = list_push(loop, &match, all.fds[i]);
     }
-    if (rc == GFL_OK) {
+    if (rc == GFL_OK && strict) {
+        rc = match.n == 1 ? match.fds[0] : GFL_ENOSYS;
+    } else if (rc == GFL_OK) {
         struct fd_list *c = (match.n == 0 && unknown) ? &all : &match;
         if (c->n == 1 || (c->n > 1 && validate_by_readiness(loop, c)))
             rc = c->fds[0];
@@ -200,7 +203,7 @@ GFL_EXPORT int gfl_loop_backend_fd(gfl_loop *loop)
         return rc;
     if (loop->backend_fd >= 0)
         return loop->backend_fd;
-    int inner = find_libevent_epoll(loop);
+    int inner = find_libevent_epoll(loop, false);
     if (inner < 0)
         return inner;
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -211,6 +214,12 @@ GFL_EXPORT int gfl_loop_backend_fd(gfl_loop *loop)
         int e = errno;
         close(ep);
         return e == ENOMEM ? GFL_ENOMEM : GFL_ENOSYS;
+    }
+    /* Streams polled directly (iopoll.c) are in our set, not libevent's. */
+    int rc2 = gfl__iopoll_attach(loop, ep);
+    if (rc2 < 0) {
+        close(ep);
+        return rc2;
     }
     loop->backend_fd = ep;
     return ep;
@@ -231,6 +240,14 @@ GFL_EXPORT double gfl_loop_backend_timeout(const gfl_loop *loop)
         return -1;
     double delay = when - gfl_loop_time(loop);
     return delay > 0 ? delay : 0;
+}
+
+int gfl__libevent_epoll_fd(gfl_loop *loop, int hint)
+{
+    if (hint >= 0 && loop->wake_fd >= 0 && strcmp(event_base_get_method(loop->base), "epoll") == 0 &&
+        is_eventpoll(hint) && epoll_watches(hint, loop->wake_fd) == 1)
+        return hint;
+    return find_libevent_epoll(loop, true);
 }
 
 void gfl__backend_close(gfl_loop *loop)

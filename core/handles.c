@@ -58,7 +58,8 @@ void gfl__slot_release(gfl_loop *loop, uint32_t index)
 void gfl__slot_drop(gfl_loop *loop, uint32_t index)
 {
     struct gfl_slot *s = &loop->slots[index];
-    gfl_future *f = s->kind != GFL_SLOT_PLAIN ? s->future : NULL;
+    bool has_future = s->kind == GFL_SLOT_FUTURE || s->kind == GFL_SLOT_FUTURE_REL;
+    gfl_future *f = has_future ? s->future : NULL;
     gfl_release_fn release = s->kind == GFL_SLOT_PLAIN ? s->release : NULL;
     void *arg = s->arg;
     if (s->kind == GFL_SLOT_FUTURE_REL) {
@@ -89,14 +90,14 @@ struct gfl_slot *gfl__slot_of(const gfl_loop *loop, gfl_handle handle, uint32_t 
     if (i >= loop->nslots)
         return NULL;
     struct gfl_slot *s = &loop->slots[i];
-    if (s->generation != gen || s->state == GFL_SLOT_FREE)
+    if (s->generation != gen || s->state == GFL_SLOT_FREE || s->kind == GFL_SLOT_OWNED)
         return NULL;
     if (index)
         *index = i;
     return s;
 }
 
-static int grow_ready(gfl_loop *loop)
+int gfl__ready_grow(gfl_loop *loop)
 {
     size_t cap = loop->ready_cap ? loop->ready_cap * 2 : 256;
     uint32_t *ring = gfl__alloc(loop, cap * sizeof *ring);
@@ -115,32 +116,42 @@ static int grow_ready(gfl_loop *loop)
 int gfl__ready_reserve(gfl_loop *loop, size_t extra)
 {
     while (loop->ready_count + extra > loop->ready_cap) {
-        int rc = grow_ready(loop);
+        int rc = gfl__ready_grow(loop);
         if (rc < 0)
             return rc;
     }
     return GFL_OK;
 }
 
-int gfl__ready_push(gfl_loop *loop, uint32_t index)
+int gfl__owned_slot_new(gfl_loop *loop, gfl_callback cb, void *arg, uint32_t *index)
 {
-    if (loop->ready_count == loop->ready_cap) {
-        int rc = grow_ready(loop);
-        if (rc < 0)
-            return rc;
-    }
-    loop->ready[(loop->ready_head + loop->ready_count) & (loop->ready_cap - 1)] = index;
-    loop->ready_count++;
-    loop->slots[index].state = GFL_SLOT_READY;
+    uint32_t i;
+    int rc = gfl__slot_alloc(loop, &i);
+    if (rc < 0)
+        return rc;
+    struct gfl_slot *s = &loop->slots[i];
+    s->fn.cb = cb;
+    s->arg = arg;
+    s->kind = GFL_SLOT_OWNED;
+    s->state = GFL_SLOT_PARKED;
+    *index = i;
     return GFL_OK;
 }
 
-uint32_t gfl__ready_pop(gfl_loop *loop)
+void gfl__owned_slot_free(gfl_loop *loop, uint32_t index)
 {
-    uint32_t index = loop->ready[loop->ready_head];
-    loop->ready_head = (loop->ready_head + 1) & (loop->ready_cap - 1);
-    loop->ready_count--;
-    return index;
+    if (index >= loop->nslots) /* the loop closed: the table is gone */
+        return;
+    struct gfl_slot *s = &loop->slots[index];
+    if (s->state == GFL_SLOT_READY) {
+        /* The queue still names it: an ordinary cancelled slot from now on,
+         * freed when the queue reaches it. */
+        s->kind = GFL_SLOT_PLAIN;
+        s->release = NULL;
+        s->state = GFL_SLOT_CANCELLED;
+        return;
+    }
+    gfl__slot_release(loop, index);
 }
 
 gfl_handle gfl_call_soon(gfl_loop *loop, gfl_callback cb, void *arg)

@@ -15,6 +15,7 @@
 
 struct event_base;
 struct event;
+struct epoll_event;
 
 /* ---- allocation through the loop's hook ---- */
 void *gfl__alloc(gfl_loop *loop, size_t size);
@@ -28,6 +29,7 @@ enum gfl_slot_state {
     GFL_SLOT_READY,     /* in the ready queue */
     GFL_SLOT_TIMER,     /* in the timer heap */
     GFL_SLOT_CANCELLED, /* cancelled, still referenced by the heap or queue */
+    GFL_SLOT_PARKED,    /* an owned slot (below) that is not queued */
 };
 
 enum gfl_slot_kind {
@@ -36,6 +38,10 @@ enum gfl_slot_kind {
     /* fcb(future, rec->arg) where arg is a struct gfl_future_rel (freed
      * when the slot runs or is dropped; dropped: rec->release(rec->arg)) */
     GFL_SLOT_FUTURE_REL,
+    /* cb(arg), owned by one I/O source for its whole life and queued again
+     * on every readiness: no allocation or handle per event. Running it
+     * parks it instead of freeing it; no public handle ever names it. */
+    GFL_SLOT_OWNED,
 };
 
 /* The argument of a GFL_SLOT_FUTURE_REL slot (from the loop's allocator). */
@@ -142,11 +148,28 @@ struct gfl_loop {
     void (*after_poll)(gfl_loop *loop, void *ud);
     void *poll_hook_ud;
     struct gfl_streams *streams; /* transport.c: open transports/servers (NULL: none) */
+    /* iopoll.c: our epoll set (stream fds + libevent's epoll fd), -1: none */
+    int io_epfd;
+    struct epoll_event *io_events;
+    int io_events_cap;
+    struct gfl_io_source **io_sources; /* indexed by fd */
+    int io_sources_cap;
+    uint32_t io_tag; /* the last registration's tag */
 };
 
 /* ---- loop.c ---- */
-/* GFL_OK, or GFL_EINVAL / GFL_ECLOSED / GFL_EWRONGTHREAD. */
-int gfl__check_loop(const gfl_loop *loop);
+/* GFL_OK, or GFL_EINVAL / GFL_ECLOSED / GFL_EWRONGTHREAD. Inline: it guards
+ * every call on the hot path (a write per message). */
+static inline int gfl__check_loop(const gfl_loop *loop)
+{
+    if (!loop)
+        return GFL_EINVAL;
+    if (loop->closed)
+        return GFL_ECLOSED;
+    if (!pthread_equal(loop->owner, pthread_self()))
+        return GFL_EWRONGTHREAD;
+    return GFL_OK;
+}
 void gfl__loop_memref(gfl_loop *loop);
 void gfl__loop_memunref(gfl_loop *loop);
 /* Schedules fcb(future, arg) on the ready queue, holding a future reference
@@ -160,8 +183,42 @@ int gfl__call_soon_future_rel(gfl_loop *loop, gfl_future_callback fcb, gfl_futur
 /* ---- handles.c: the handle table and ready queue ---- */
 int gfl__slot_alloc(gfl_loop *loop, uint32_t *index);
 void gfl__slot_release(gfl_loop *loop, uint32_t index);
-int gfl__ready_push(gfl_loop *loop, uint32_t index); /* sets GFL_SLOT_READY */
-uint32_t gfl__ready_pop(gfl_loop *loop);                 /* ready_count > 0 */
+int gfl__ready_grow(gfl_loop *loop); /* doubles the ring */
+
+/* Appends a slot to the ready queue and sets GFL_SLOT_READY. */
+static inline int gfl__ready_push(gfl_loop *loop, uint32_t index)
+{
+    if (loop->ready_count == loop->ready_cap) {
+        int rc = gfl__ready_grow(loop);
+        if (rc < 0)
+            return rc;
+    }
+    loop->ready[(loop->ready_head + loop->ready_count) & (loop->ready_cap - 1)] = index;
+    loop->ready_count++;
+    loop->slots[index].state = GFL_SLOT_READY;
+    return GFL_OK;
+}
+
+/* Takes the first slot of the ready queue (ready_count > 0). */
+static inline uint32_t gfl__ready_pop(gfl_loop *loop)
+{
+    uint32_t index = loop->ready[loop->ready_head];
+    loop->ready_head = (loop->ready_head + 1) & (loop->ready_cap - 1);
+    loop->ready_count--;
+    return index;
+}
+
+/* Owned slots (GFL_SLOT_OWNED): one per I/O source, queued per readiness. */
+int gfl__owned_slot_new(gfl_loop *loop, gfl_callback cb, void *arg, uint32_t *index);
+/* Gives it up; if it is queued it is dropped (not run) when reached. */
+void gfl__owned_slot_free(gfl_loop *loop, uint32_t index);
+/* Queues it unless it is queued already; GFL_OK or GFL_ENOMEM. */
+static inline int gfl__owned_slot_queue(gfl_loop *loop, uint32_t index)
+{
+    if (loop->slots[index].state == GFL_SLOT_READY)
+        return GFL_OK;
+    return gfl__ready_push(loop, index);
+}
 int gfl__ready_reserve(gfl_loop *loop, size_t extra);     /* room for extra pushes */
 gfl_handle gfl__handle_of(const gfl_loop *loop, uint32_t index);
 /* The slot a handle names, or NULL for a stale/invalid handle. */
@@ -185,6 +242,30 @@ void gfl__threadsafe_close(gfl_loop *loop);
 /* ---- watchers.c ---- */
 void gfl__watchers_close(gfl_loop *loop);
 void gfl__backend_close(gfl_loop *loop); /* backend.c */
+
+/* backend.c: libevent's epoll fd for this loop, identified without doubt
+ * (fdinfo: it watches the loop's wake eventfd), or a GFL_E* code. `hint`
+ * (or -1): the fd to check first, before scanning every fd. */
+int gfl__libevent_epoll_fd(gfl_loop *loop, int hint);
+
+/* ---- iopoll.c: direct epoll for stream fds ---- */
+struct gfl_io_source {
+    /* Called inside the poll with EV_READ/EV_WRITE (within `interest`). */
+    void (*ready)(struct gfl_io_source *src, short what);
+    int fd;
+    short interest; /* EV_READ|EV_WRITE in the set; 0: not in it */
+    uint32_t tag;   /* of the current registration (iopoll.c) */
+};
+/* Sets up our epoll set at loop creation (hint: see gfl__libevent_epoll_fd);
+ * on any failure loop->io_epfd stays -1. */
+void gfl__iopoll_init(gfl_loop *loop, int hint);
+/* Makes src's registration match `want` (0: removed); GFL_OK or an error. */
+int gfl__iopoll_set(gfl_loop *loop, struct gfl_io_source *src, short want);
+/* The poll phase when active: waits (block) or not, dispatches. */
+void gfl__iopoll_poll(gfl_loop *loop, bool block);
+/* Adds our set to another epoll fd (the backend fd), if we have one. */
+int gfl__iopoll_attach(gfl_loop *loop, int epfd);
+void gfl__iopoll_close(gfl_loop *loop);
 
 /* ---- signals.c ---- */
 void gfl__signals_close(gfl_loop *loop);

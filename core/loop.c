@@ -49,17 +49,6 @@ static void *default_realloc(void *ud, void *ptr, size_t size)
     return realloc(ptr, size);
 }
 
-int gfl__check_loop(const gfl_loop *loop)
-{
-    if (!loop)
-        return GFL_EINVAL;
-    if (loop->closed)
-        return GFL_ECLOSED;
-    if (!pthread_equal(loop->owner, pthread_self()))
-        return GFL_EWRONGTHREAD;
-    return GFL_OK;
-}
-
 /* Whether `opts` (of the caller's size) contains `field`. */
 #define HAS_OPTION(opts, field) \
     ((opts)->size >= offsetof(gfl_loop_options, field) + sizeof((opts)->field))
@@ -129,6 +118,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     loop->free_head = GFL_NO_SLOT;
     loop->wake_fd = -1;
     loop->backend_fd = -1;
+    loop->io_epfd = -1;
     loop->debug = debug != 0;
     loop->slow_callback_duration = slow;
     loop->executor_threads = threads;
@@ -140,6 +130,11 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     if (!cfg)
         goto fail;
     event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
+    /* The lowest free fd now: where libevent's epoll fd will most likely
+     * land (iopoll.c checks before it believes it). */
+    int epoll_hint = dup(STDERR_FILENO);
+    if (epoll_hint >= 0)
+        close(epoll_hint);
     loop->base = event_base_new_with_config(cfg);
     event_config_free(cfg);
     if (!loop->base)
@@ -152,6 +147,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
         goto fail_timerfd;
     if (event_add(loop->poll_timeout, NULL) < 0 || gfl__threadsafe_init(loop) < 0)
         goto fail_timer;
+    gfl__iopoll_init(loop, epoll_hint); /* optional: streams fall back to libevent */
     return loop;
 
 fail_timer:
@@ -190,6 +186,7 @@ static void close_loop(gfl_loop *loop)
     gfl__watchers_close(loop);
     gfl__signals_close(loop);
     gfl__backend_close(loop);
+    gfl__iopoll_close(loop);
 
     /* Drop every scheduled callback without running it. */
     while (loop->ready_count > 0) {
@@ -270,7 +267,10 @@ static void poll_io(gfl_loop *loop, double timeout)
     if (timeout == 0) {
         /* NONBLOCK alone keeps dispatching while anything is active: a fd
          * that stays readable until the ready queue reads it would spin. */
-        event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
+        if (loop->io_epfd >= 0)
+            gfl__iopoll_poll(loop, false);
+        else
+            event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
         return;
     }
     if (loop->before_poll)
@@ -290,7 +290,10 @@ static void poll_io(gfl_loop *loop, double timeout)
         loop->poll_timer_armed = timeout > 0;
         timerfd_settime(loop->poll_timer_fd, 0, &its, NULL);
     }
-    event_base_loop(loop->base, EVLOOP_ONCE);
+    if (loop->io_epfd >= 0)
+        gfl__iopoll_poll(loop, true); /* the timerfd bounds it through libevent's fd */
+    else
+        event_base_loop(loop->base, EVLOOP_ONCE);
     if (loop->after_poll)
         loop->after_poll(loop, loop->poll_hook_ud);
 }
@@ -312,6 +315,13 @@ static void report_slow(gfl_loop *loop, gfl_callback cb, void *arg, double secon
 static void run_slot(gfl_loop *loop, uint32_t i)
 {
     struct gfl_slot *s = &loop->slots[i];
+    if (s->kind == GFL_SLOT_OWNED && !loop->debug) {
+        /* Readiness of an I/O source: parked, not freed (its owner may
+         * queue it again from the callback's next poll on). */
+        s->state = GFL_SLOT_PARKED;
+        s->fn.cb(s->arg);
+        return;
+    }
     if (s->state == GFL_SLOT_CANCELLED) {
         gfl__slot_drop(loop, i);
         return;
@@ -322,8 +332,13 @@ static void run_slot(gfl_loop *loop, uint32_t i)
     gfl_callback cb = s->fn.cb;
     gfl_future_callback fcb = s->fn.fcb;
     void *arg = s->arg;
-    gfl_future *future = kind != GFL_SLOT_PLAIN ? s->future : NULL;
-    gfl__slot_release(loop, i);
+    gfl_future *future = kind == GFL_SLOT_FUTURE || kind == GFL_SLOT_FUTURE_REL ? s->future : NULL;
+    if (kind == GFL_SLOT_OWNED) {
+        s->state = GFL_SLOT_PARKED;
+        kind = GFL_SLOT_PLAIN;
+    } else {
+        gfl__slot_release(loop, i);
+    }
     if (kind == GFL_SLOT_FUTURE_REL) {
         /* It runs: the callback owns the argument, release is not called. */
         struct gfl_future_rel *rec = arg;

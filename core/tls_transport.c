@@ -62,6 +62,16 @@ struct tls_transport {
 
 #define TT(t) ((struct tls_transport *)(t))
 
+/* Empties this thread's OpenSSL error queue before an SSL call (so that
+ * SSL_get_error sees only that call's errors, and no error passes from one
+ * connection to the next). Peeking first: clearing walks the whole queue
+ * even when it is empty, which is the usual case. */
+static inline void clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 static void read_app(struct tls_transport *tt);
 static void read_stopped(struct tls_transport *tt, int e);
 static void try_shutdown(struct tls_transport *tt);
@@ -104,7 +114,12 @@ static void flush_out(struct tls_transport *tt)
         return;
     if (raw_usable(tt))
         (void)gfl_transport_write(tt->raw, p, (size_t)n); /* a failure reaches raw_lost */
-    (void)BIO_reset(tt->wbio);
+    /* Consumed by moving the read position past it: BIO_reset would zero
+     * the whole buffer (its allocated size) every time. The next write to
+     * the BIO starts at the front of the buffer again. */
+    int off = BIO_tell(tt->wbio);
+    if (off < 0 || BIO_seek(tt->wbio, off + n) < 0)
+        (void)BIO_reset(tt->wbio);
 }
 
 static size_t backlog_size(const struct tls_transport *tt)
@@ -260,7 +275,7 @@ static void try_shutdown(struct tls_transport *tt)
 {
     if (tt->state != ST_SHUTDOWN || backlog_size(tt) > 0)
         return; /* the backlog goes first (after the handshake / a read) */
-    ERR_clear_error();
+    clear_errors();
     int r = SSL_shutdown(tt->ssl);
     flush_out(tt);
     if (r == 1 || tt->peer_eof) {
@@ -268,7 +283,7 @@ static void try_shutdown(struct tls_transport *tt)
         return;
     }
     if (r < 0 && SSL_get_error(tt->ssl, r) != SSL_ERROR_WANT_READ) {
-        ERR_clear_error();
+        clear_errors();
         shutdown_done(tt); /* nothing more to say to this peer */
     }
     /* r == 0: ours is sent; the peer's arrives through drain_shutdown. */
@@ -285,7 +300,7 @@ static void drain_shutdown(struct tls_transport *tt)
     }
     for (;;) {
         size_t n = 0;
-        ERR_clear_error();
+        clear_errors();
         if (SSL_read_ex(tt->ssl, buf, GFL__RBUF_SIZE, &n))
             continue;
         int e = SSL_get_error(tt->ssl, 0);
@@ -295,10 +310,10 @@ static void drain_shutdown(struct tls_transport *tt)
                 shutdown_done(tt);
             return;
         }
-        ERR_clear_error();
+        clear_errors();
         if (e == SSL_ERROR_ZERO_RETURN) {
             (void)SSL_shutdown(tt->ssl); /* both sides done: returns 1 */
-            ERR_clear_error();
+            clear_errors();
         }
         shutdown_done(tt);
         return;
@@ -333,7 +348,7 @@ static int encrypt(struct tls_transport *tt, const unsigned char *p, size_t len,
     while (*done < len) {
         size_t n = len - *done < WRITE_CHUNK ? len - *done : WRITE_CHUNK;
         size_t w = 0;
-        ERR_clear_error();
+        clear_errors();
         if (SSL_write_ex(tt->ssl, p + *done, n, &w)) {
             *done += w;
             flush_out(tt);
@@ -428,7 +443,7 @@ static void read_app(struct tls_transport *tt)
     while (tt->state == ST_WRAPPED && tt->app_live && t->made && t->reading && !t->closing && !t->lost_scheduled && !t->lost) {
         size_t n = 0;
         int ok;
-        ERR_clear_error();
+        clear_errors();
         if (t->proto.get_buffer) {
             /* Peek first so that get_buffer is only asked when data is there. */
             unsigned char probe;
@@ -491,14 +506,14 @@ static void read_app(struct tls_transport *tt)
 static void read_stopped(struct tls_transport *tt, int e)
 {
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-        ERR_clear_error();
+        clear_errors();
         flush_out(tt); /* e.g. a KeyUpdate answer */
         if (tt->peer_eof)
             peer_closed(tt); /* everything before the EOF was delivered */
         return;
     }
     if (e == SSL_ERROR_ZERO_RETURN) {
-        ERR_clear_error();
+        clear_errors();
         peer_closed(tt);
         return;
     }
@@ -555,7 +570,7 @@ static void handshake_done(struct tls_transport *tt)
 
 static void do_handshake(struct tls_transport *tt)
 {
-    ERR_clear_error();
+    clear_errors();
     int r = SSL_do_handshake(tt->ssl);
     int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(tt->ssl, r);
     if (r == 1) {
@@ -826,7 +841,7 @@ static gfl_value *peercert_value(struct tls_transport *tt, bool pem)
             v = gfl_value_string(p, (size_t)n);
     }
     BIO_free(b);
-    ERR_clear_error();
+    clear_errors();
     return v;
 }
 
@@ -1031,7 +1046,7 @@ gfl_transport *gfl__tls_transport_new(struct gfl_tls_origin *org, gfl_transport 
         }
     }
     if (!ok) {
-        ERR_clear_error();
+        clear_errors();
         discard(tt); /* raw is not ours yet: teardown only drops the reference */
         return NULL;
     }

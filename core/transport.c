@@ -4,12 +4,13 @@
  * layer used by TCP, Unix sockets and pipes.
  *
  * Hot path, by design (asyncio's selector transports, minus bufferevents):
- *  - each fd has two plain libevent events (EV_PERSIST): a read event,
- *    added while reading, and a write event, added ONLY while the write
- *    buffer is non-empty, so an echo costs read + write + epoll_wait;
- *  - libevent's callback only records readiness and queues one ready-queue
- *    callback per transport, so protocol code runs with the other ready
- *    callbacks, never inside the poll;
+ *  - each fd is watched for reading while reading, and for writing ONLY
+ *    while the write buffer is non-empty, so an echo costs read + write +
+ *    a share of epoll_wait; the loop's own epoll set does it (iopoll.c),
+ *    or two libevent events (EV_PERSIST) when that set is not available;
+ *  - the poll only records readiness and queues the transport's owned
+ *    ready-queue slot (no allocation), so protocol code runs with the other
+ *    ready callbacks, never inside the poll;
  *  - reading: one read() per readiness into the loop's shared 256 KiB
  *    buffer (data_received borrows it), or into the protocol's own buffer
  *    (get_buffer/buffer_updated);
@@ -327,10 +328,9 @@ GFL_EXPORT gfl_transport *gfl_transport_ref(gfl_transport *t)
     return t;
 }
 
-GFL_EXPORT void gfl_transport_unref(gfl_transport *t)
+/* Drops a reference known to be held (refs > 0). */
+static inline void drop_ref(gfl_transport *t)
 {
-    if (!t || t->refs <= 0)
-        return;
     if (--t->refs > 0)
         return;
     gfl_loop *loop = t->loop;
@@ -338,13 +338,21 @@ GFL_EXPORT void gfl_transport_unref(gfl_transport *t)
     gfl__loop_memunref(loop);
 }
 
+GFL_EXPORT void gfl_transport_unref(gfl_transport *t)
+{
+    if (!t || t->refs <= 0)
+        return;
+    drop_ref(t);
+}
+
 GFL_EXPORT gfl_loop *gfl_transport_loop(const gfl_transport *t)
 {
     return t ? t->loop : NULL;
 }
 
-/* GFL_OK if `t` may be used: a live transport on its loop's thread. */
-static int check(gfl_transport *t)
+/* GFL_OK if `t` may be used: a live transport on its loop's thread.
+ * Inlined: it guards every write (one per message on the hot path). */
+static inline __attribute__((always_inline)) int check(gfl_transport *t)
 {
     if (!t || t->refs <= 0)
         return GFL_EINVAL;
@@ -354,7 +362,7 @@ static int check(gfl_transport *t)
     return t->lost ? GFL_ECLOSED : GFL_OK;
 }
 
-static int check_writable(gfl_transport *t)
+static inline __attribute__((always_inline)) int check_writable(gfl_transport *t)
 {
     int rc = check(t);
     if (rc < 0)
@@ -593,8 +601,10 @@ struct fd_transport {
     bool shut_wr;
     bool eof_seen; /* EOF read: reading can never resume */
     short io_pending;     /* readiness seen by libevent, not yet handled */
-    gfl_handle io_handle; /* the queued io_run */
-    struct event rev, wev;
+    uint32_t io_slot;     /* owned slot that runs io_run (GFL_NO_SLOT: none) */
+    struct event rev, wev;    /* used unless `direct` */
+    bool direct;              /* polled by iopoll.c through `src` */
+    struct gfl_io_source src;
     struct wchunk *whead, *wtail;
     size_t wsize;
 };
@@ -609,10 +619,26 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     struct fd_transport *ft = arg;
     (void)fd;
     ft->io_pending |= what;
-    if (ft->io_handle > 0)
-        return;
-    gfl_handle h = gfl__queue_plain(ft->base.loop, io_run, ft);
-    ft->io_handle = h > 0 ? h : 0; /* ENOMEM: level-triggered, retried next poll */
+    /* ENOMEM: not queued; level-triggered, so retried at the next poll. */
+    (void)gfl__owned_slot_queue(ft->base.loop, ft->io_slot);
+}
+
+/* The same, from our own epoll set (iopoll.c). */
+static void on_direct_io(struct gfl_io_source *src, short what)
+{
+    struct fd_transport *ft = (struct fd_transport *)((char *)src - offsetof(struct fd_transport, src));
+    ft->io_pending |= what;
+    (void)gfl__owned_slot_queue(ft->base.loop, ft->io_slot);
+}
+
+/* Adds or removes one direction: 0 on success. */
+static int set_event(struct fd_transport *ft, struct event *ev, short bit, bool on)
+{
+    if (ft->direct) {
+        short want = (short)(on ? ft->src.interest | bit : ft->src.interest & ~bit);
+        return gfl__iopoll_set(ft->base.loop, &ft->src, want);
+    }
+    return on ? event_add(ev, NULL) : event_del(ev);
 }
 
 static void set_rev(struct fd_transport *ft, bool on)
@@ -620,9 +646,9 @@ static void set_rev(struct fd_transport *ft, bool on)
     if (on == ft->rev_added || ft->fd < 0)
         return;
     if (on)
-        ft->rev_added = event_add(&ft->rev, NULL) == 0;
+        ft->rev_added = set_event(ft, &ft->rev, EV_READ, true) == 0;
     else {
-        event_del(&ft->rev);
+        (void)set_event(ft, &ft->rev, EV_READ, false);
         ft->rev_added = false;
         ft->io_pending &= (short)~EV_READ;
     }
@@ -633,9 +659,9 @@ static void set_wev(struct fd_transport *ft, bool on)
     if (on == ft->wev_added || ft->fd < 0)
         return;
     if (on)
-        ft->wev_added = event_add(&ft->wev, NULL) == 0;
+        ft->wev_added = set_event(ft, &ft->wev, EV_WRITE, true) == 0;
     else {
-        event_del(&ft->wev);
+        (void)set_event(ft, &ft->wev, EV_WRITE, false);
         ft->wev_added = false;
         ft->io_pending &= (short)~EV_WRITE;
     }
@@ -816,7 +842,10 @@ static int fd_writev_op(gfl_transport *t, const gfl_iovec *iov, int iovcnt, size
         int cnt = iovcnt < FLUSH_IOV ? iovcnt : FLUSH_IOV;
         ssize_t w;
         do
-            w = fd_writev(ft, (const struct iovec *)iov, cnt);
+            if (cnt == 1 && ft->is_socket) /* the usual case, without a call */
+                w = send(ft->fd, iov[0].base, iov[0].len, MSG_NOSIGNAL);
+            else
+                w = fd_writev(ft, (const struct iovec *)iov, cnt);
         while (w < 0 && errno == EINTR);
         if (w < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -919,12 +948,11 @@ static void io_run(void *arg)
 {
     struct fd_transport *ft = arg;
     gfl_transport *t = &ft->base;
-    ft->io_handle = 0;
     short what = ft->io_pending;
     ft->io_pending = 0;
     if (t->lost_scheduled || t->lost)
         return;
-    gfl_transport_ref(t);
+    t->refs++; /* the protocol may close and drop the last user reference */
     if ((what & EV_WRITE) && ft->wev_added)
         flush(ft);
     if ((what & EV_READ) && ft->rev_added && !t->lost_scheduled) {
@@ -933,7 +961,7 @@ static void io_run(void *arg)
         else if (t->reading)
             do_read(ft);
     }
-    gfl_transport_unref(t);
+    drop_ref(t);
 }
 
 static int fd_write_eof(gfl_transport *t)
@@ -1054,9 +1082,9 @@ static int fd_fileno(gfl_transport *t)
 static void fd_teardown(gfl_transport *t)
 {
     struct fd_transport *ft = FT(t);
-    if (ft->io_handle > 0)
-        (void)gfl_handle_cancel(t->loop, ft->io_handle);
-    ft->io_handle = 0;
+    if (ft->io_slot != GFL_NO_SLOT)
+        gfl__owned_slot_free(t->loop, ft->io_slot); /* queued: dropped unrun */
+    ft->io_slot = GFL_NO_SLOT;
     set_rev(ft, false);
     set_wev(ft, false);
     free_chunks(ft);
@@ -1115,10 +1143,17 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
     struct fd_transport *ft = gfl__alloc(loop, sizeof *ft);
     if (!ft)
         return NULL;
-    if (gfl__transport_init(&ft->base, loop, &fd_ops) < 0) {
+    uint32_t io_slot;
+    if (gfl__owned_slot_new(loop, io_run, ft, &io_slot) < 0) {
         gfl__free(loop, ft);
         return NULL;
     }
+    if (gfl__transport_init(&ft->base, loop, &fd_ops) < 0) {
+        gfl__owned_slot_free(loop, io_slot);
+        gfl__free(loop, ft);
+        return NULL;
+    }
+    ft->io_slot = io_slot;
     ft->fd = fd;
     ft->kind = kind;
     ft->is_socket = S_ISSOCK(st.st_mode);
@@ -1126,7 +1161,6 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
     ft->watch_reader_gone = kind == GFL_FD_WRITE_PIPE && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
     ft->rev_added = ft->wev_added = ft->shut_wr = ft->eof_seen = false;
     ft->io_pending = 0;
-    ft->io_handle = 0;
     ft->whead = ft->wtail = NULL;
     ft->wsize = 0;
     ft->base.on_made = fd_on_made;
@@ -1134,6 +1168,10 @@ gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind ki
         ft->base.eof_written = false;
     event_assign(&ft->rev, loop->base, fd, EV_READ | EV_PERSIST, on_io, ft);
     event_assign(&ft->wev, loop->base, fd, EV_WRITE | EV_PERSIST, on_io, ft);
+    ft->direct = loop->io_epfd >= 0;
+    ft->src.ready = on_direct_io;
+    ft->src.fd = fd;
+    ft->src.interest = 0;
     return &ft->base;
 }
 

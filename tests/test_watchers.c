@@ -740,3 +740,114 @@ Test(backend, closed_with_the_loop)
     cr_assert_eq(fcntl(bfd, F_GETFD), -1, "the backend fd was closed");
     cr_assert_eq(errno, EBADF);
 }
+
+/* Stream transports may be polled apart from libevent (core/iopoll.c): their
+ * readiness must wake a foreign loop all the same. */
+struct stream_seen {
+    gfl_transport *t;
+    char data[16];
+    size_t len;
+};
+
+static void stream_made(gfl_transport *t, void *ud)
+{
+    ((struct stream_seen *)ud)->t = t;
+}
+
+static void stream_data(gfl_transport *t, const void *data, size_t len, void *ud)
+{
+    struct stream_seen *s = ud;
+    (void)t;
+    size_t n = len < sizeof s->data - s->len ? len : sizeof s->data - s->len;
+    memcpy(s->data + s->len, data, n);
+    s->len += n;
+}
+
+static const gfl_protocol stream_proto = {
+    .size = sizeof(gfl_protocol),
+    .connection_made = stream_made,
+    .data_received = stream_data,
+};
+
+static int stream_factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void **ud)
+{
+    (void)t;
+    *proto = &stream_proto;
+    *ud = fud;
+    return 0;
+}
+
+Test(backend, stream_readiness)
+{
+    int bfd = gfl_loop_backend_fd(loop);
+    cr_assert_geq(bfd, 0);
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct stream_seen s = { 0 };
+    gfl_future *f = gfl_connect_socket(loop, stream_factory, &s, NULL, sv[0]);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 50 && !s.t; i++)
+        foreign_iteration(bfd, 100);
+    cr_assert_not_null(s.t, "connection_made ran");
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_RESULT);
+    gfl_future_unref(f);
+    for (int i = 0; i < 10 && gfl_loop_backend_timeout(loop) == 0; i++)
+        gfl_loop_run_once(loop, 0); /* nothing left over */
+    cr_assert_not(fd_readable(bfd, 0), "an idle stream does not wake the foreign loop");
+
+    cr_assert_eq(write(sv[1], "ping", 4), 4);
+    cr_assert(fd_readable(bfd, 2000), "data on a stream wakes the foreign loop");
+    gfl_loop_run_once(loop, 0);
+    cr_assert_eq(s.len, 4);
+    cr_assert_eq(memcmp(s.data, "ping", 4), 0);
+    cr_assert_not(fd_readable(bfd, 0), "read: idle again");
+
+    cr_assert_eq(gfl_transport_write(s.t, "pong", 4), 0);
+    char buf[8];
+    cr_assert_eq(read(sv[1], buf, sizeof buf), 4);
+    cr_assert_eq(memcmp(buf, "pong", 4), 0);
+    cr_assert_eq(gfl_transport_close(s.t), 0);
+    for (int i = 0; i < 10; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(read(sv[1], buf, sizeof buf), 0, "closed: EOF at the peer");
+    close(sv[1]);
+}
+
+/* Misuse: the fd of a stream closed behind its transport while a duplicate
+ * keeps the file open. The kernel keeps the file in the poll set after the
+ * transport is gone; its readiness must reach nothing (valgrind run: no
+ * invalid read), and the loop keeps working. */
+Test(backend, stream_fd_closed_behind_the_transport)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct stream_seen s = { 0 };
+    gfl_future *f = gfl_connect_socket(loop, stream_factory, &s, NULL, sv[0]);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 10 && !s.t; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_not_null(s.t);
+    gfl_future_unref(f);
+
+    int dup_fd = dup(sv[0]);
+    cr_assert_geq(dup_fd, 0);
+    close(sv[0]); /* behind the transport's back */
+    cr_assert_eq(gfl_transport_abort(s.t), 0);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0); /* connection_lost; the transport is freed */
+
+    cr_assert_eq(write(sv[1], "late", 4), 4); /* the orphaned file turns readable */
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(s.len, 0, "nothing delivered after the transport was lost");
+
+    /* The loop still works: a timer runs. */
+    int ran = 0;
+    cr_assert_gt(gfl_call_later(loop, 0.001, timer_cb, &ran), 0);
+    timer_ran = 0;
+    for (int i = 0; i < 200 && !timer_ran; i++)
+        gfl_loop_run_once(loop, 0.01);
+    cr_assert_eq(timer_ran, 1);
+    close(dup_fd);
+    close(sv[1]);
+}
