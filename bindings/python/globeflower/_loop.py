@@ -296,7 +296,8 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
                 srv.close()
             self._gfl_servers.clear()
         finally:
-            # Frees the core loop: transports still open get connection_lost.
+            # Frees the core loop. Transports still open are left as asyncio
+            # leaves them: no connection_lost, the user's sockets stay open.
             self._core_close()
 
     def __repr__(self):

@@ -66,6 +66,7 @@ typedef struct gflpy_loop {
     PyObject_HEAD
     gfl_loop *core;
     int closed;         /* close() ran */
+    int freeing_core;   /* inside loop_free: transports are being dropped */
     int debug;          /* mirrors set_debug() */
     int stopping;       /* asyncio's _stopping (stop() was called) */
     int backend_fd;     /* loops from a C host only (no poll hooks): polled

@@ -266,8 +266,11 @@ static void core_close(gflpy_loop *self)
 {
     if (self->core) {
         gfl_loop *core = self->core;
-        /* Dropped callbacks release their handles from inside free. */
+        /* Dropped callbacks release their handles from inside free; open
+         * transports are left to their owners, as asyncio does. */
+        self->freeing_core = 1;
         API->loop_free(core);
+        self->freeing_core = 0;
         self->core = NULL;
     }
     sig_pipe_close(self); /* after: its watcher went with the core loop */
