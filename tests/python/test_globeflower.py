@@ -25,6 +25,18 @@ class TestScheduling(LoopTestCase):
         self.assertFalse(self.loop.is_running())
         self.assertFalse(self.loop.is_closed())
 
+    def test_create_future_and_get_debug(self):
+        fut = self.loop.create_future()
+        self.assertIsInstance(fut, asyncio.Future)
+        self.assertIs(fut.get_loop(), self.loop)
+        self.assertFalse(self.loop.get_debug())
+        self.loop.set_debug(True)
+        self.assertTrue(self.loop.get_debug())
+        self.loop.set_debug(False)
+        self.assertFalse(self.loop.get_debug())
+        fut.set_result(7)
+        self.assertEqual(self.loop.run_until_complete(fut), 7)
+
     def test_call_soon_order_and_handles(self):
         out = []
         h = self.loop.call_soon(out.append, 1)

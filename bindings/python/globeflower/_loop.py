@@ -116,6 +116,7 @@ _core._setup({
     "copy_context": contextvars.copy_context,
     "set_result_unless_cancelled": futures._set_result_unless_cancelled,
     "Task": asyncio.Task,
+    "Future": futures.Future,
     "create_task_slow": base_events.BaseEventLoop.create_task,
 })
 

@@ -566,6 +566,24 @@ static PyObject *loop_call_at(gflpy_loop *self, PyObject *const *args, Py_ssize_
 /* create_task(coro, *, name=None, context=None): asyncio.Task built
  * directly when there is no task factory and debug mode is off (the common
  * case); asyncio's own code otherwise. */
+/* asyncio's create_future() and get_debug(), which Future() itself calls:
+ * one per await of a stream read, so not worth a Python frame each. */
+static PyObject *loop_create_future(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    static PyObject *kw_loop;
+    if (!kw_loop && !(kw_loop = Py_BuildValue("(s)", "loop")))
+        return NULL;
+    PyObject *stack[1] = {(PyObject *)self};
+    return PyObject_Vectorcall(gflpy.Future, stack, 0, kw_loop);
+}
+
+static PyObject *loop_get_debug(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->debug);
+}
+
 static PyObject *loop_create_task(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int slow = self->debug || nargs != 1;
@@ -1014,6 +1032,8 @@ static PyMethodDef loop_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"call_at", (PyCFunction)(void (*)(void))loop_call_at, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS, "Create a Future object attached to the loop."},
+    {"get_debug", (PyCFunction)loop_get_debug, METH_NOARGS, NULL},
     {"_timer_handle_cancelled", (PyCFunction)loop_timer_handle_cancelled, METH_O, NULL},
     {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, NULL},
     {"_run_until_stopped", (PyCFunction)loop_run_until_stopped, METH_NOARGS, NULL},

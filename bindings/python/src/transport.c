@@ -70,7 +70,7 @@ static const gfl_protocol buffered_proto;
 /* Interned method names, for PyObject_VectorcallMethod on the hot paths. */
 static PyObject *s_connection_made, *s_connection_lost, *s_data_received, *s_eof_received, *s_pause_writing,
     *s_resume_writing, *s_get_buffer, *s_buffer_updated, *s_attach, *s_detach, *s_close, *s_sockname,
-    *s_peername;
+    *s_peername, *s_empty_waiter;
 
 static int intern_names(void)
 {
@@ -81,7 +81,7 @@ static int intern_names(void)
         {&s_get_buffer, "get_buffer"},           {&s_buffer_updated, "buffer_updated"},
         {&s_attach, "_attach"},                  {&s_detach, "_detach"},
         {&s_close, "close"},                     {&s_sockname, "sockname"},
-        {&s_peername, "peername"},
+        {&s_peername, "peername"},              {&s_empty_waiter, "_empty_waiter"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!*names[i].slot && !(*names[i].slot = PyUnicode_InternFromString(names[i].name)))
@@ -339,7 +339,12 @@ static void *p_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
     PyObject *self = ud;
     tr *s = TR(self);
     release_buf(s);
-    PyObject *b = s->m_get_buffer ? PyObject_CallFunction(s->m_get_buffer, "i", -1) : NULL;
+    PyObject *b = NULL;
+    if (s->m_get_buffer) {
+        PyObject *any = PyLong_FromLong(-1); /* a cached small int */
+        b = any ? PyObject_CallOneArg(s->m_get_buffer, any) : NULL;
+        Py_XDECREF(any);
+    }
     if (b) {
         int rc = PyObject_GetBuffer(b, &s->buf, PyBUF_WRITABLE);
         Py_DECREF(b);
@@ -378,7 +383,9 @@ static void p_buffer_updated(gfl_transport *t, size_t n, void *ud)
     if (!s->m_buffer_updated)
         return;
     Py_INCREF(self);
-    PyObject *r = PyObject_CallFunction(s->m_buffer_updated, "n", (Py_ssize_t)n);
+    PyObject *nbytes = PyLong_FromSize_t(n);
+    PyObject *r = nbytes ? PyObject_CallOneArg(s->m_buffer_updated, nbytes) : NULL;
+    Py_XDECREF(nbytes);
     if (r)
         Py_DECREF(r);
     else
@@ -731,7 +738,7 @@ static PyObject *t_write(PyObject *self, PyObject *data)
         return PyErr_Format(PyExc_RuntimeError, "Cannot call write() after write_eof()");
     if (s->dict) {
         /* loop.sendfile() owns the socket meanwhile (see _loop.py) */
-        PyObject *w = PyDict_GetItemString(s->dict, "_empty_waiter");
+        PyObject *w = PyDict_GetItem(s->dict, s_empty_waiter);
         if (w && w != Py_None)
             return PyErr_Format(PyExc_RuntimeError, "unable to write; sendfile is in progress");
     }
@@ -984,20 +991,21 @@ static PyObject *lazy_extra(PyObject *self, PyObject *name)
                 return v;
         }
     }
-    if (s->lost)
+    if (s->lost || s->is_pipe)
         return NULL;
-    if (s->is_pipe || make_sock(s) < 0)
+    /* Only these names make the socket (a dup and 3 syscalls): others,
+     * like streams' 'sslcontext', just get the default. */
+    int which = PyUnicode_CompareWithASCIIString(name, "socket") == 0     ? 1
+                : PyUnicode_CompareWithASCIIString(name, "sockname") == 0 ? 2
+                : PyUnicode_CompareWithASCIIString(name, "peername") == 0 ? 3
+                                                                          : 0;
+    if (!which || make_sock(s) < 0)
         return NULL;
-    PyObject *v = NULL;
-    if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
+    PyObject *v;
+    if (which == 1)
         v = PyObject_CallOneArg(gflpy.TransportSocket, s->sock);
-    } else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
-        v = PyObject_CallMethod(s->sock, "getsockname", NULL);
-    } else if (PyUnicode_CompareWithASCIIString(name, "peername") == 0) {
-        v = PyObject_CallMethod(s->sock, "getpeername", NULL);
-    } else {
-        return NULL;
-    }
+    else
+        v = PyObject_CallMethod(s->sock, which == 2 ? "getsockname" : "getpeername", NULL);
     if (!v) {
         if (!PyErr_ExceptionMatches(PyExc_OSError))
             return NULL;
