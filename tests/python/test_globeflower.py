@@ -29,11 +29,11 @@ class TestScheduling(LoopTestCase):
         fut = self.loop.create_future()
         self.assertIsInstance(fut, asyncio.Future)
         self.assertIs(fut.get_loop(), self.loop)
-        self.assertFalse(self.loop.get_debug())
-        self.loop.set_debug(True)
-        self.assertTrue(self.loop.get_debug())
-        self.loop.set_debug(False)
-        self.assertFalse(self.loop.get_debug())
+        initial = self.loop.get_debug()  # True under -X dev
+        self.loop.set_debug(not initial)
+        self.assertIs(self.loop.get_debug(), not initial)
+        self.loop.set_debug(initial)
+        self.assertIs(self.loop.get_debug(), initial)
         fut.set_result(7)
         self.assertEqual(self.loop.run_until_complete(fut), 7)
 

@@ -357,10 +357,13 @@ static int split_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
 {
     *context = NULL;
     if (kwnames) {
+        static PyObject *kw_context; /* interned: callers' keyword names usually are too */
+        if (!kw_context && !(kw_context = PyUnicode_InternFromString("context")))
+            return -1;
         Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t i = 0; i < nk; i++) {
             PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(k, "context") == 0) {
+            if (k == kw_context || PyUnicode_CompareWithASCIIString(k, "context") == 0) {
                 *context = args[nargs + i];
             } else {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, k);
