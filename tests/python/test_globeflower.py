@@ -25,6 +25,18 @@ class TestScheduling(LoopTestCase):
         self.assertFalse(self.loop.is_running())
         self.assertFalse(self.loop.is_closed())
 
+    def test_create_future_and_get_debug(self):
+        fut = self.loop.create_future()
+        self.assertIsInstance(fut, asyncio.Future)
+        self.assertIs(fut.get_loop(), self.loop)
+        initial = self.loop.get_debug()  # True under -X dev
+        self.loop.set_debug(not initial)
+        self.assertIs(self.loop.get_debug(), not initial)
+        self.loop.set_debug(initial)
+        self.assertIs(self.loop.get_debug(), initial)
+        fut.set_result(7)
+        self.assertEqual(self.loop.run_until_complete(fut), 7)
+
     def test_call_soon_order_and_handles(self):
         out = []
         h = self.loop.call_soon(out.append, 1)
@@ -181,13 +193,15 @@ class TestTransports(LoopTestCase):
             sock = t.get_extra_info("socket")
             self.assertEqual(sock.getsockname(), ("127.0.0.1", port))
             self.assertEqual(t.get_extra_info("sockname"), ("127.0.0.1", port))
-            self.assertEqual(t.get_extra_info("peername"), w.get_extra_info("sockname"))
+            peer = w.get_extra_info("sockname")
+            self.assertEqual(t.get_extra_info("peername"), peer)
             w.close()
             await w.wait_closed()
             srv.close()
             await srv.wait_closed()
             # still answered once closed, as on the stock loop
             self.assertEqual(t.get_extra_info("sockname"), ("127.0.0.1", port))
+            self.assertEqual(t.get_extra_info("peername"), peer)
         self.loop.run_until_complete(main())
 
     def test_buffered_protocol(self):
@@ -678,6 +692,49 @@ class TestPipes(LoopTestCase):
                 policy.set_child_watcher(None)
         self.assertEqual(code, 3)
         self.assertEqual(self.loop._gfl_children, {})
+
+    def test_loop_close_leaves_transports_open(self):
+        # As on the stock loop: loop.close() neither closes a transport nor
+        # calls connection_lost; the user's pipe objects stay open (theirs
+        # to close), and only the core's own dup()s are gone, so closing
+        # the user's objects later cannot hit a reused descriptor.
+        import gc
+        import os
+        lost = []
+
+        class P(asyncio.Protocol):
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        rfd, wfd = os.pipe()
+        rpipe, wpipe = open(rfd, "rb", 0), open(wfd, "wb", 0)
+
+        async def connect():
+            rt, _ = await self.loop.connect_read_pipe(P, rpipe)
+            wt, _ = await self.loop.connect_write_pipe(P, wpipe)
+            return rt, wt
+        rt, wt = self.loop.run_until_complete(connect())
+        self.loop.close()
+        self.assertIn("open", repr(rt))
+        self.assertIn("open", repr(wt))
+        self.assertFalse(rt.is_closing())
+        self.assertEqual(lost, [])
+        self.assertFalse(rpipe.closed or wpipe.closed)
+        os.write(wfd, b"x")  # both user descriptors still work
+        self.assertEqual(os.read(rfd, 1), b"x")
+        # New descriptors take the numbers the core's dup()s had.
+        fresh = os.pipe()
+        try:
+            rpipe.close()
+            wpipe.close()
+            del rt, wt
+            gc.collect()
+            os.write(fresh[1], b"y")
+            self.assertEqual(os.read(fresh[0], 1), b"y")
+        finally:
+            os.close(fresh[0])
+            os.close(fresh[1])
+        self.assertEqual(lost, [])
 
 
 class TestEntryPoints(unittest.TestCase):

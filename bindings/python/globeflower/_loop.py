@@ -127,6 +127,7 @@ _core._setup({
     "copy_context": contextvars.copy_context,
     "set_result_unless_cancelled": futures._set_result_unless_cancelled,
     "Task": asyncio.Task,
+    "Future": futures.Future,
     "create_task_slow": base_events.BaseEventLoop.create_task,
 })
 
@@ -387,7 +388,8 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
                 os.close(pidfd)
             self._gfl_children.clear()
         finally:
-            # Frees the core loop: transports still open get connection_lost.
+            # Frees the core loop. Transports still open are left as asyncio
+            # leaves them: no connection_lost, the user's sockets stay open.
             self._core_close()
 
     def __repr__(self):

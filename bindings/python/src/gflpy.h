@@ -33,6 +33,7 @@ typedef struct gflpy_refs {
     PyObject *copy_context;     /* contextvars.copy_context */
     PyObject *set_result_unless_cancelled; /* asyncio.futures._set_result_unless_cancelled */
     PyObject *Task;             /* asyncio.Task (the C one when available) */
+    PyObject *Future;           /* asyncio.Future (the C one when available) */
     PyObject *create_task_slow; /* BaseEventLoop.create_task (factories, debug) */
 } gflpy_refs;
 extern gflpy_refs gflpy;
@@ -66,6 +67,7 @@ typedef struct gflpy_loop {
     PyObject_HEAD
     gfl_loop *core;
     int closed;         /* close() ran */
+    int freeing_core;   /* inside loop_free: transports are being dropped */
     int debug;          /* mirrors set_debug() */
     int stopping;       /* asyncio's _stopping (stop() was called) */
     int backend_fd;     /* loops from a C host only (no poll hooks): polled

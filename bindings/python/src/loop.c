@@ -266,8 +266,11 @@ static void core_close(gflpy_loop *self)
 {
     if (self->core) {
         gfl_loop *core = self->core;
-        /* Dropped callbacks release their handles from inside free. */
+        /* Dropped callbacks release their handles from inside free; open
+         * transports are left to their owners, as asyncio does. */
+        self->freeing_core = 1;
         API->loop_free(core);
+        self->freeing_core = 0;
         self->core = NULL;
     }
     sig_pipe_close(self); /* after: its watcher went with the core loop */
@@ -354,10 +357,13 @@ static int split_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
 {
     *context = NULL;
     if (kwnames) {
+        static PyObject *kw_context; /* interned: callers' keyword names usually are too */
+        if (!kw_context && !(kw_context = PyUnicode_InternFromString("context")))
+            return -1;
         Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t i = 0; i < nk; i++) {
             PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(k, "context") == 0) {
+            if (k == kw_context || PyUnicode_CompareWithASCIIString(k, "context") == 0) {
                 *context = args[nargs + i];
             } else {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, k);
@@ -558,6 +564,18 @@ static PyObject *loop_call_later(gflpy_loop *self, PyObject *const *args, Py_ssi
 static PyObject *loop_call_at(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     return timer_call(self, args, nargs, kwnames, 0);
+}
+
+/* asyncio's create_future(): one per await of a stream read, so not worth
+ * a Python frame each (get_debug(), which Future() calls, is in C too). */
+static PyObject *loop_create_future(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    static PyObject *kw_loop;
+    if (!kw_loop && !(kw_loop = Py_BuildValue("(s)", "loop")))
+        return NULL;
+    PyObject *stack[1] = {(PyObject *)self};
+    return PyObject_Vectorcall(gflpy.Future, stack, 0, kw_loop);
 }
 
 /* create_task(coro, *, name=None, context=None): asyncio.Task built
@@ -1069,6 +1087,7 @@ static PyMethodDef loop_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"call_at", (PyCFunction)(void (*)(void))loop_call_at, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS, "Create a Future object attached to the loop."},
     {"_timer_handle_cancelled", (PyCFunction)loop_timer_handle_cancelled, METH_O, NULL},
     {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, NULL},
     {"_run_until_stopped", (PyCFunction)loop_run_until_stopped, METH_NOARGS, NULL},

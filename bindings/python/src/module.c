@@ -113,7 +113,7 @@ static PyObject *mod_setup(PyObject *self, PyObject *ns)
         need(ns, "TransportSocket", &gflpy.TransportSocket) < 0 ||
         need(ns, "copy_context", &gflpy.copy_context) < 0 ||
         need(ns, "set_result_unless_cancelled", &gflpy.set_result_unless_cancelled) < 0 ||
-        need(ns, "Task", &gflpy.Task) < 0 || need(ns, "create_task_slow", &gflpy.create_task_slow) < 0)
+        need(ns, "Task", &gflpy.Task) < 0 || need(ns, "Future", &gflpy.Future) < 0 || need(ns, "create_task_slow", &gflpy.create_task_slow) < 0)
         return NULL;
     if (gflpy_handles_setup() < 0)
         return NULL;

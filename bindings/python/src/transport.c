@@ -44,6 +44,15 @@ typedef struct tr {
     int protocol_paused; /* pause_writing was called, resume_writing not yet */
     int is_pipe;         /* `sock` is then the pipe's file object */
     int sock_fd; /* the user's fileno, key of loop._transports */
+    int own_sock; /* `sock` was made here (make_sock), not given by the user */
+    /* The loop was closed with the transport still open: as on the stock
+     * loop, the protocol got no connection_lost and the user's socket or
+     * pipe stays open (theirs to close); only the core's dup() is gone. */
+    int orphaned;
+    /* Raw addresses read when the connection was made (addr_len[i] > 0),
+     * turned into Python objects only when get_extra_info asks. */
+    size_t addr_len[2]; /* [0]: sockname, [1]: peername */
+    struct sockaddr_storage addr[2];
 } tr;
 
 static Py_ssize_t tr_off;      /* where struct tr starts */
@@ -57,6 +66,35 @@ static int nbase_slots;
 
 static const gfl_protocol plain_proto;
 static const gfl_protocol buffered_proto;
+
+/* Interned method names, for PyObject_VectorcallMethod on the hot paths. */
+static PyObject *s_connection_made, *s_connection_lost, *s_data_received, *s_eof_received, *s_pause_writing,
+    *s_resume_writing, *s_get_buffer, *s_buffer_updated, *s_attach, *s_detach, *s_close, *s_sockname,
+    *s_peername, *s_empty_waiter;
+
+static int intern_names(void)
+{
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&s_connection_made, "connection_made"}, {&s_connection_lost, "connection_lost"},
+        {&s_data_received, "data_received"},     {&s_eof_received, "eof_received"},
+        {&s_pause_writing, "pause_writing"},     {&s_resume_writing, "resume_writing"},
+        {&s_get_buffer, "get_buffer"},           {&s_buffer_updated, "buffer_updated"},
+        {&s_attach, "_attach"},                  {&s_detach, "_detach"},
+        {&s_close, "close"},                     {&s_sockname, "sockname"},
+        {&s_peername, "peername"},              {&s_empty_waiter, "_empty_waiter"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!*names[i].slot && !(*names[i].slot = PyUnicode_InternFromString(names[i].name)))
+            return -1;
+    return 0;
+}
+
+/* obj.name(*args) without building a bound method. */
+static PyObject *call_method(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    return PyObject_VectorcallMethod(name, args, (arg ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
 
 /* ------------------------------------------------------------------ */
 /* Errors                                                              */
@@ -100,14 +138,14 @@ static int bind_protocol(PyObject *self, PyObject *protocol)
         return -1;
     PyObject *a = NULL, *b = NULL, *c = NULL;
     if (buffered) {
-        a = PyObject_GetAttrString(protocol, "get_buffer");
-        b = a ? PyObject_GetAttrString(protocol, "buffer_updated") : NULL;
+        a = PyObject_GetAttr(protocol, s_get_buffer);
+        b = a ? PyObject_GetAttr(protocol, s_buffer_updated) : NULL;
         if (!b) {
             Py_XDECREF(a);
             return -1;
         }
     } else {
-        c = PyObject_GetAttrString(protocol, "data_received");
+        c = PyObject_GetAttr(protocol, s_data_received);
         if (!c)
             PyErr_Clear(); /* looked up again (and failing) when data comes */
     }
@@ -129,7 +167,7 @@ static void p_connection_made(gfl_transport *t, void *ud)
     PyObject *self = ud;
     tr *s = TR(self);
     Py_INCREF(self);
-    PyObject *r = PyObject_CallMethod(s->protocol, "connection_made", "O", self);
+    PyObject *r = call_method(s->protocol, s_connection_made, self);
     if (r)
         Py_DECREF(r);
     else
@@ -162,7 +200,7 @@ static void p_data_received(gfl_transport *t, const void *data, size_t len, void
     if (s->m_data_received)
         r = PyObject_CallOneArg(s->m_data_received, bytes);
     else
-        r = PyObject_CallMethod(s->protocol, "data_received", "O", bytes);
+        r = call_method(s->protocol, s_data_received, bytes);
     Py_DECREF(bytes);
     if (r)
         Py_DECREF(r);
@@ -178,7 +216,7 @@ static int p_eof_received(gfl_transport *t, void *ud)
     tr *s = TR(self);
     Py_INCREF(self);
     int keep = 0;
-    PyObject *r = PyObject_CallMethod(s->protocol, "eof_received", NULL);
+    PyObject *r = call_method(s->protocol, s_eof_received, NULL);
     if (r) {
         keep = PyObject_IsTrue(r) > 0;
         Py_DECREF(r);
@@ -205,6 +243,23 @@ static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
     tr *s = TR(self);
     s->lost = 1;
     release_buf(s);
+    if (s->loop && s->loop->freeing_core) {
+        /* loop.close() with the transport open: asyncio neither calls
+         * connection_lost nor closes the user's socket or pipe. */
+        s->orphaned = 1;
+        Py_CLEAR(s->lost_exc);
+        Py_CLEAR(s->waiter);
+        if (s->sock && s->own_sock) {
+            PyObject *r = call_method(s->sock, s_close, NULL);
+            if (r)
+                Py_DECREF(r);
+            else
+                PyErr_Clear();
+        }
+        Py_CLEAR(s->server);
+        Py_DECREF(self);
+        return;
+    }
     PyObject *exc = s->lost_exc;
     s->lost_exc = NULL;
     if (!exc && error)
@@ -218,7 +273,7 @@ static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
         /* Lost before connection_made: the waiter must not hang. */
         Py_CLEAR(s->waiter);
     }
-    PyObject *r = s->protocol ? PyObject_CallMethod(s->protocol, "connection_lost", "O", exc) : Py_None;
+    PyObject *r = s->protocol ? call_method(s->protocol, s_connection_lost, exc) : Py_None;
     if (r == Py_None && !s->protocol)
         Py_INCREF(r);
     Py_DECREF(exc);
@@ -227,7 +282,7 @@ static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
     else
         gflpy_loop_report(s->loop, NULL);
     if (s->sock) {
-        r = PyObject_CallMethod(s->sock, "close", NULL);
+        r = call_method(s->sock, s_close, NULL);
         if (r)
             Py_DECREF(r);
         else
@@ -237,9 +292,9 @@ static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
         PyObject *srv = s->server;
         s->server = NULL;
 #if PY_VERSION_HEX >= 0x030D0000
-        r = PyObject_CallMethod(srv, "_detach", "O", self);
+        r = call_method(srv, s_detach, self);
 #else
-        r = PyObject_CallMethod(srv, "_detach", NULL);
+        r = call_method(srv, s_detach, NULL);
 #endif
         Py_DECREF(srv);
         if (r)
@@ -258,7 +313,7 @@ static void p_pause_writing(gfl_transport *t, void *ud)
     (void)t;
     PyObject *self = ud;
     TR(self)->protocol_paused = 1;
-    PyObject *r = PyObject_CallMethod(TR(self)->protocol, "pause_writing", NULL);
+    PyObject *r = call_method(TR(self)->protocol, s_pause_writing, NULL);
     if (r)
         Py_DECREF(r);
     else
@@ -270,7 +325,7 @@ static void p_resume_writing(gfl_transport *t, void *ud)
     (void)t;
     PyObject *self = ud;
     TR(self)->protocol_paused = 0;
-    PyObject *r = PyObject_CallMethod(TR(self)->protocol, "resume_writing", NULL);
+    PyObject *r = call_method(TR(self)->protocol, s_resume_writing, NULL);
     if (r)
         Py_DECREF(r);
     else
@@ -284,7 +339,12 @@ static void *p_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
     PyObject *self = ud;
     tr *s = TR(self);
     release_buf(s);
-    PyObject *b = s->m_get_buffer ? PyObject_CallFunction(s->m_get_buffer, "i", -1) : NULL;
+    PyObject *b = NULL;
+    if (s->m_get_buffer) {
+        PyObject *any = PyLong_FromLong(-1); /* a cached small int */
+        b = any ? PyObject_CallOneArg(s->m_get_buffer, any) : NULL;
+        Py_XDECREF(any);
+    }
     if (b) {
         int rc = PyObject_GetBuffer(b, &s->buf, PyBUF_WRITABLE);
         Py_DECREF(b);
@@ -323,7 +383,9 @@ static void p_buffer_updated(gfl_transport *t, size_t n, void *ud)
     if (!s->m_buffer_updated)
         return;
     Py_INCREF(self);
-    PyObject *r = PyObject_CallFunction(s->m_buffer_updated, "n", (Py_ssize_t)n);
+    PyObject *nbytes = PyLong_FromSize_t(n);
+    PyObject *r = nbytes ? PyObject_CallOneArg(s->m_buffer_updated, nbytes) : NULL;
+    Py_XDECREF(nbytes);
     if (r)
         Py_DECREF(r);
     else
@@ -405,9 +467,9 @@ static int attach_server(PyObject *self, PyObject *server)
     Py_INCREF(server);
     TR(self)->server = server;
 #if PY_VERSION_HEX >= 0x030D0000
-    PyObject *r = PyObject_CallMethod(server, "_attach", "O", self);
+    PyObject *r = call_method(server, s_attach, self);
 #else
-    PyObject *r = PyObject_CallMethod(server, "_attach", NULL);
+    PyObject *r = call_method(server, s_attach, NULL);
 #endif
     if (!r) {
         Py_CLEAR(TR(self)->server);
@@ -449,29 +511,37 @@ PyObject *gflpy_sockaddr_to_py(const struct sockaddr *sa, size_t len)
     return NULL;
 }
 
-/* asyncio fills sockname/peername when a transport is made: they must
- * still answer once the connection is closed. */
-static int fill_addresses(PyObject *self, gfl_transport *t)
+/* asyncio fills sockname/peername when a transport is made, and they
+ * still answer once the connection is closed: the raw addresses are read
+ * now (no Python objects), converted when get_extra_info asks. */
+static void capture_addresses(tr *s, gfl_transport *t)
 {
-    static const char *const names[2] = {"sockname", "peername"};
-    tr *s = TR(self);
     for (int peer = 0; peer < 2; peer++) {
-        if (PyDict_GetItemString(s->extra, names[peer]))
-            continue; /* given by the caller (asyncio passes peername) */
-        struct sockaddr_storage ss;
-        size_t len = sizeof ss;
-        PyObject *v = NULL;
-        if (API->transport_get_sockaddr(t, peer, &ss, &len) == 0)
-            v = gflpy_sockaddr_to_py((struct sockaddr *)&ss, len);
-        if (!v && PyErr_Occurred())
-            PyErr_Clear();
-        if (PyDict_SetItemString(s->extra, names[peer], v ? v : Py_None) < 0) {
-            Py_XDECREF(v);
-            return -1;
-        }
-        Py_XDECREF(v);
+        size_t len = sizeof s->addr[peer];
+        if (API->transport_get_sockaddr(t, peer, &s->addr[peer], &len) == 0 && len <= sizeof s->addr[peer])
+            s->addr_len[peer] = len;
     }
-    return 0;
+}
+
+/* get_extra_info('sockname' / 'peername') from the captured address:
+ * a new reference, NULL without exception when none was captured. */
+static PyObject *captured_address(tr *s, int peer)
+{
+    if (!s->addr_len[peer])
+        return NULL;
+    PyObject *v = gflpy_sockaddr_to_py((struct sockaddr *)&s->addr[peer], s->addr_len[peer]);
+    if (!v) {
+        if (PyErr_Occurred())
+            return NULL;
+        v = Py_None;
+        Py_INCREF(v);
+    }
+    PyObject *name = peer ? s_peername : s_sockname;
+    if (PyDict_SetItem(s->extra, name, v) < 0) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
 }
 
 int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *protocol, PyObject *server,
@@ -484,7 +554,8 @@ int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *proto
     PyObject *self = transport_alloc(loop, protocol, NULL, NULL, NULL);
     if (!self)
         return -1;
-    if (fill_addresses(self, t) < 0 || attach_server(self, server) < 0) {
+    capture_addresses(TR(self), t);
+    if (attach_server(self, server) < 0) {
         Py_DECREF(self);
         return -1;
     }
@@ -639,7 +710,9 @@ PyObject *gflpy_make_socket_transport(gflpy_loop *loop, PyObject *const *args, P
         goto fail;
     }
     API->future_unref(f);
-    if ((s->t && fill_addresses(self, s->t) < 0) || attach_server(self, a[4]) < 0)
+    if (s->t)
+        capture_addresses(s, s->t);
+    if (attach_server(self, a[4]) < 0)
         goto fail;
     return self;
 fail:
@@ -665,7 +738,7 @@ static PyObject *t_write(PyObject *self, PyObject *data)
         return PyErr_Format(PyExc_RuntimeError, "Cannot call write() after write_eof()");
     if (s->dict) {
         /* loop.sendfile() owns the socket meanwhile (see _loop.py) */
-        PyObject *w = PyDict_GetItemString(s->dict, "_empty_waiter");
+        PyObject *w = PyDict_GetItem(s->dict, s_empty_waiter);
         if (w && w != Py_None)
             return PyErr_Format(PyExc_RuntimeError, "unable to write; sendfile is in progress");
     }
@@ -801,6 +874,8 @@ static PyObject *t_is_closing(PyObject *self, PyObject *unused)
 {
     (void)unused;
     tr *s = TR(self);
+    if (s->orphaned)
+        Py_RETURN_FALSE; /* as asyncio's, which loop.close() leaves open */
     if (closed_check(s))
         Py_RETURN_TRUE;
     return PyBool_FromLong(API->transport_is_closing(s->t) != 0);
@@ -901,24 +976,36 @@ static int make_sock(tr *s)
         return -1;
     }
     s->sock = sock;
+    s->own_sock = 1;
     return 0;
 }
 
 static PyObject *lazy_extra(PyObject *self, PyObject *name)
 {
     tr *s = TR(self);
-    if (s->is_pipe || make_sock(s) < 0)
-        return NULL;
-    PyObject *v = NULL;
-    if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
-        v = PyObject_CallOneArg(gflpy.TransportSocket, s->sock);
-    } else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
-        v = PyObject_CallMethod(s->sock, "getsockname", NULL);
-    } else if (PyUnicode_CompareWithASCIIString(name, "peername") == 0) {
-        v = PyObject_CallMethod(s->sock, "getpeername", NULL);
-    } else {
-        return NULL;
+    if (!s->is_pipe) {
+        int peer = name == s_peername || PyUnicode_Compare(name, s_peername) == 0;
+        if (peer || name == s_sockname || PyUnicode_Compare(name, s_sockname) == 0) {
+            PyObject *v = captured_address(s, peer);
+            if (v || PyErr_Occurred())
+                return v;
+        }
     }
+    if (s->lost || s->is_pipe)
+        return NULL;
+    /* Only these names make the socket (a dup and 3 syscalls): others,
+     * like streams' 'sslcontext', just get the default. */
+    int which = PyUnicode_CompareWithASCIIString(name, "socket") == 0     ? 1
+                : PyUnicode_CompareWithASCIIString(name, "sockname") == 0 ? 2
+                : PyUnicode_CompareWithASCIIString(name, "peername") == 0 ? 3
+                                                                          : 0;
+    if (!which || make_sock(s) < 0)
+        return NULL;
+    PyObject *v;
+    if (which == 1)
+        v = PyObject_CallOneArg(gflpy.TransportSocket, s->sock);
+    else
+        v = PyObject_CallMethod(s->sock, which == 2 ? "getsockname" : "getpeername", NULL);
     if (!v) {
         if (!PyErr_ExceptionMatches(PyExc_OSError))
             return NULL;
@@ -947,7 +1034,7 @@ static PyObject *t_get_extra_info(PyObject *self, PyObject *args, PyObject *kw)
     }
     if (PyErr_Occurred())
         return NULL;
-    if (PyUnicode_Check(name) && !s->lost) {
+    if (PyUnicode_Check(name)) {
         v = lazy_extra(self, name);
         if (v)
             return v;
@@ -983,6 +1070,8 @@ static PyObject *t_get_protocol(PyObject *self, PyObject *unused)
 static PyObject *t_repr(PyObject *self)
 {
     tr *s = TR(self);
+    if (s->orphaned)
+        return PyUnicode_FromFormat("<%s fd=%d open>", Py_TYPE(self)->tp_name, s->sock_fd);
     const char *state = closed_check(s) ? "closed" : (API->transport_is_closing(s->t) == 1 ? "closing" : "open");
     int fd = closed_check(s) ? -1 : API->transport_fileno(s->t);
     long long buf = closed_check(s) ? 0 : (long long)API->transport_get_write_buffer_size(s->t);
@@ -1198,7 +1287,7 @@ int gflpy_transport_make_type(PyObject *base)
 int gflpy_transport_init_type(PyObject *module)
 {
     (void)module;
-    return 0;
+    return intern_names();
 }
 
 /* ------------------------------------------------------------------ */
