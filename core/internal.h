@@ -429,8 +429,9 @@ void gfl__transport_maybe_pause(gfl_transport *t, size_t buffered);
 void gfl__transport_maybe_resume(gfl_transport *t, size_t buffered);
 /* Calls a factory for t: 0 and the protocol set, or its error. */
 int gfl__transport_run_factory(gfl_transport *t, gfl_protocol_factory f, void *fud);
-/* A new fd stream transport (takes the fd on success; NULL: ENOMEM). */
+/* GFL_FD_SOCKET: the caller guarantees a stream socket (no fstat is made). */
 enum gfl_fd_kind { GFL_FD_SOCKET, GFL_FD_READ_PIPE, GFL_FD_WRITE_PIPE };
+/* A new fd stream transport (takes the fd on success; NULL: ENOMEM). */
 gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind kind);
 /* Wraps a ready fd (prepared by the caller): runs the factory at once and
  * returns the future resolved after connection_made. On a failed future the

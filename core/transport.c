@@ -1137,8 +1137,10 @@ static bool sigpipe_ignored(void)
 
 gfl_transport *gfl__fd_transport_new(gfl_loop *loop, int fd, enum gfl_fd_kind kind)
 {
-    struct stat st;
-    if (fstat(fd, &st) < 0)
+    /* Every GFL_FD_SOCKET caller knows it has a stream socket (accepted,
+     * connected, or checked with SO_TYPE): no fstat per connection. */
+    struct stat st = {.st_mode = S_IFSOCK};
+    if (kind != GFL_FD_SOCKET && fstat(fd, &st) < 0)
         return NULL;
     struct fd_transport *ft = gfl__alloc(loop, sizeof *ft);
     if (!ft)
