@@ -90,6 +90,13 @@ typedef struct gflpy_loop {
      * core by the owner before it schedules anything else, so the FIFO
      * order of asyncio's one ready queue holds across threads. */
     PyObject *xq;
+    /* Write batching (transport.c): while a callback runs (batch_depth >
+     * 0), transport.write(bytes) only keeps a reference; the transports so
+     * written (`dirty`, strong references) send it all, one syscall each,
+     * when the outermost callback returns. */
+    int batch_depth;
+    PyObject **dirty;
+    Py_ssize_t ndirty, dirty_cap;
     PyObject *weakreflist;
 } gflpy_loop;
 
@@ -134,6 +141,20 @@ int gflpy_handles_setup(void);
 /* Stream transports (transport.c)                                     */
 
 extern PyTypeObject *gflpy_StreamTransportType;
+/* Sends the writes batched on `loop`'s transports (see batch_depth). */
+void gflpy_flush_writes(gflpy_loop *loop);
+/* Forgets them (the loop is being cleared). */
+void gflpy_drop_writes(gflpy_loop *loop);
+/* Around a callback that may write: its writes go out when it returns. */
+static inline void gflpy_batch_begin(gflpy_loop *loop)
+{
+    loop->batch_depth++;
+}
+static inline void gflpy_batch_end(gflpy_loop *loop)
+{
+    if (--loop->batch_depth == 0 && loop->ndirty)
+        gflpy_flush_writes(loop);
+}
 int gflpy_transport_init_type(PyObject *module);
 /* A core server accepted `t`: makes its Python transport for `protocol`
  * (attached to the asyncio `server`) and fills the core factory's outputs. */

@@ -264,6 +264,8 @@ static void watch_free(struct gflpy_watch **slot)
 
 static void core_close(gflpy_loop *self)
 {
+    if (self->ndirty)
+        gflpy_flush_writes(self); /* only if closed from inside a callback */
     if (self->core) {
         gfl_loop *core = self->core;
         /* Dropped callbacks release their handles from inside free; open
@@ -289,6 +291,8 @@ static int loop_traverse(gflpy_loop *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->pending_exc);
     Py_VISIT(self->xq);
+    for (Py_ssize_t i = 0; i < self->ndirty; i++)
+        Py_VISIT(self->dirty[i]);
     for (int i = 0; i < self->nwatch; i++) {
         if (self->readers[i])
             Py_VISIT(self->readers[i]->handle);
@@ -302,6 +306,7 @@ static int loop_clear(gflpy_loop *self)
 {
     Py_CLEAR(self->pending_exc);
     Py_CLEAR(self->xq);
+    gflpy_drop_writes(self); /* cyclic garbage: nobody waits for them */
     for (int i = 0; i < self->nwatch; i++) {
         if (self->readers[i])
             Py_CLEAR(self->readers[i]->handle);
@@ -319,6 +324,7 @@ static void loop_dealloc(gflpy_loop *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     loop_clear(self);
     core_close(self);
+    PyMem_Free(self->dirty);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
