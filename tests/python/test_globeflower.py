@@ -792,6 +792,38 @@ class TestPipes(LoopTestCase):
         self.assertEqual(lost, [])
 
 
+class TestHeap(unittest.TestCase):
+    # Bursts of 100 KiB objects (stream buffers of many connections) must
+    # not fault their pages in again each time: see bindings/python/src/heap.c.
+    PROGRAM = (
+        "import resource, globeflower\n"
+        "globeflower.new_event_loop().close()\n"
+        "def burst():\n"
+        "    chunks = [b'x' * 102400 for _ in range(100)]\n"
+        "burst()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5):\n"
+        "    burst()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+
+    def faults(self, **env):
+        import os
+        import subprocess
+        import sys
+        environ = dict(os.environ, **env)
+        for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"):
+            environ.pop(name, None)
+        out = subprocess.run([sys.executable, "-c", self.PROGRAM], env=environ, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        return int(out)
+
+    @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
+    def test_bursts_of_big_buffers_keep_their_pages(self):
+        # 5 bursts of 10 MiB: ~12,500 faults if the heap is trimmed after each.
+        self.assertLess(self.faults(), 500)
+        self.assertGreater(self.faults(GLOBEFLOWER_HEAP_TUNING="0"), 5000)
+
+
 class TestEntryPoints(unittest.TestCase):
     def test_run(self):
         async def main():

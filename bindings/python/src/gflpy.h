@@ -118,6 +118,12 @@ PyObject *gflpy_watch_add(gflpy_loop *loop, int fd, int writer, PyObject *callba
 int gflpy_watch_remove(gflpy_loop *loop, int fd, int writer);
 
 /* ------------------------------------------------------------------ */
+/* glibc heap thresholds (heap.c)                                       */
+
+/* Once per process, at the first loop: see heap.c. */
+void gflpy_heap_tune(void);
+
+/* ------------------------------------------------------------------ */
 /* The loop's sock_* methods (sock.c)                                  */
 
 /* Adds sock_recv & co. to the LoopBase type. */

@@ -231,6 +231,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     self->backend_fd = -1;
     self->sig_r = self->sig_w = -1;
+    gflpy_heap_tune();
     if (cap && cap != Py_None) {
         gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
         if (!l) {
