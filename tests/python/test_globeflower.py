@@ -217,7 +217,7 @@ class TestTransports(LoopTestCase):
         self.assertEqual(self.loop.run_until_complete(main()), b"hello buffered")
 
     def test_writes_of_one_callback(self):
-        # Bytes written by one callback are sent together when it returns:
+        # Bytes written in one iteration are sent together at its end:
         # order, mutable buffers, close, write-buffer size and pause_writing
         # must still look as if each write() had gone out at once.
         async def main():
@@ -259,6 +259,11 @@ class TestTransports(LoopTestCase):
             self.assertEqual(await r.readexactly(1 + len(big)), b"y" + big)
             await asyncio.sleep(0)
             self.assertEqual(t.get_protocol().paused, 0)
+
+            # Callbacks of one iteration: still in call order.
+            for piece in (b"1", bytearray(b"2"), b"3", memoryview(b"4"), b"5"):
+                self.loop.call_soon(t.write, piece)
+            self.assertEqual(await r.readexactly(5), b"12345")
 
             # write() then close() in one callback: the data, then EOF.
             t.write(b"last ")

@@ -90,10 +90,14 @@ typedef struct gflpy_loop {
      * core by the owner before it schedules anything else, so the FIFO
      * order of asyncio's one ready queue holds across threads. */
     PyObject *xq;
-    /* Write batching (transport.c): while a callback runs (batch_depth >
-     * 0), transport.write(bytes) only keeps a reference; the transports so
-     * written (`dirty`, strong references) send it all, one syscall each,
-     * when the outermost callback returns. */
+    /* Write batching (transport.c): inside an iteration of run_one, or a
+     * callback when a C host iterates (batch_depth > 0), transport.write
+     * (bytes) only keeps a reference; the transports so written (`dirty`,
+     * strong references) send it all, one syscall each, when the outermost
+     * scope ends: before the loop polls again. Besides saving syscalls,
+     * sending a whole iteration's replies back to back is what uvloop does:
+     * on loopback each send wakes its reader, and a reader already awake
+     * from the previous send costs the sender much less. */
     int batch_depth;
     PyObject **dirty;
     Py_ssize_t ndirty, dirty_cap;
@@ -151,7 +155,7 @@ extern PyTypeObject *gflpy_StreamTransportType;
 void gflpy_flush_writes(gflpy_loop *loop);
 /* Forgets them (the loop is being cleared). */
 void gflpy_drop_writes(gflpy_loop *loop);
-/* Around a callback that may write: its writes go out when it returns. */
+/* Around an iteration or a callback: the writes made inside go out at its end. */
 static inline void gflpy_batch_begin(gflpy_loop *loop)
 {
     loop->batch_depth++;

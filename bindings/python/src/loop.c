@@ -191,6 +191,8 @@ static void before_poll(gfl_loop *core, void *ud)
 {
     (void)core;
     gflpy_loop *self = ud;
+    if (self->ndirty)
+        gflpy_flush_writes(self);
     self->poll_tstate = PyEval_SaveThread();
 }
 
@@ -719,7 +721,11 @@ static int run_one(gflpy_loop *self)
         if (wait_backend(self, timeout) < 0)
             return -1;
     }
+    /* One batch of writes per iteration (see batch_depth): sent before
+     * the next poll. */
+    gflpy_batch_begin(self);
     int rc = API->loop_run_once(self->core, poll_timeout);
+    gflpy_batch_end(self);
     if (rc >= 0 && flush_xq(self) < 0)
         PyErr_Clear();
     if (self->pending_exc) {

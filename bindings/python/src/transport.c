@@ -56,8 +56,8 @@ typedef struct tr {
      * turned into Python objects only when get_extra_info asks. */
     size_t addr_len[2]; /* [0]: sockname, [1]: peername */
     struct sockaddr_storage addr[2];
-    /* write(bytes) while a callback runs: the (immutable) objects, sent
-     * together when it returns (gflpy_loop.batch_depth). A task writing a
+    /* write(bytes) inside a loop iteration: the (immutable) objects, sent
+     * together at its end (gflpy_loop.batch_depth). A task writing a
      * 64 KiB and a 36 KiB piece (a stream echoing 100 KiB with 64 KiB
      * reads) then costs one sendmsg, not two sends. */
     PyObject *pending[PENDING_MAX];
@@ -807,7 +807,7 @@ static int mark_dirty(PyObject *self)
     return 0;
 }
 
-/* write(data) inside a callback: 1 if batched (or sent with the batch),
+/* write(data) inside a batch: 1 if batched (or sent with the batch),
  * 0 if the caller must write it now. */
 static int defer_write(PyObject *self, PyObject *data)
 {
