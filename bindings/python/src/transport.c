@@ -25,7 +25,7 @@
 
 PyTypeObject *gflpy_StreamTransportType;
 
-/* Writes one callback may batch per transport before sending them. */
+/* Writes one iteration may batch per transport before sending them. */
 #define PENDING_MAX 16
 
 typedef struct tr {
