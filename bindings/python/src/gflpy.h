@@ -101,6 +101,7 @@ typedef struct gflpy_loop {
     int batch_depth;
     PyObject **dirty;
     Py_ssize_t ndirty, dirty_cap;
+    size_t batch_bytes; /* batched since the last flush (see BATCH_BYTES_MAX) */
     PyObject *weakreflist;
 } gflpy_loop;
 
