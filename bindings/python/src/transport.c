@@ -826,6 +826,10 @@ static int defer_write(PyObject *self, PyObject *data)
             API->transport_get_write_buffer_limits(s->t, &high, NULL) < 0)
             return 0;
         s->pending_room = high;
+        /* Checked as a transport starts its batch, so that the pieces of
+         * one reply still go out together. */
+        if (s->loop->batch_bytes > BATCH_BYTES_MAX)
+            gflpy_flush_writes(s->loop);
         if (!s->dirty && mark_dirty(self) < 0)
             return 0;
     }
@@ -837,8 +841,6 @@ static int defer_write(PyObject *self, PyObject *data)
      * send now, so the core does. */
     if (s->npending == PENDING_MAX || s->pending_size > s->pending_room)
         pending_send(self);
-    else if (s->loop->batch_bytes > BATCH_BYTES_MAX)
-        gflpy_flush_writes(s->loop);
     return 1;
 }
 
