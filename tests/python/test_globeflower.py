@@ -216,6 +216,66 @@ class TestTransports(LoopTestCase):
             return data
         self.assertEqual(self.loop.run_until_complete(main()), b"hello buffered")
 
+    def test_writes_of_one_callback(self):
+        # Bytes written in one iteration are sent together at its end:
+        # order, mutable buffers, close, write-buffer size and pause_writing
+        # must still look as if each write() had gone out at once.
+        async def main():
+            accepted = self.loop.create_future()
+
+            class P(asyncio.Protocol):
+                paused = 0
+
+                def connection_made(self, transport):
+                    accepted.set_result(transport)
+
+                def pause_writing(self):
+                    self.paused += 1
+
+                def resume_writing(self):
+                    self.paused -= 1
+            srv = await self.loop.create_server(P, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            t = await accepted
+            mutable = bytearray(b"c" * 10)
+            t.write(b"a" * 65536)
+            t.write(b"b" * 36864)
+            t.write(mutable)
+            mutable[:] = b"X" * 10  # written already: must not show
+            t.write(memoryview(b"d" * 5))
+            t.write(b"e")
+            self.assertEqual(t.get_write_buffer_size(), 0)  # all in the kernel
+            want = b"a" * 65536 + b"b" * 36864 + b"c" * 10 + b"d" * 5 + b"e"
+            self.assertEqual(await r.readexactly(len(want)), want)
+
+            # Above the high-water mark, pause_writing comes inside write().
+            t.set_write_buffer_limits(high=65536)
+            big = b"z" * (32 * 1024 * 1024)  # more than loopback buffers hold
+            t.write(b"y")
+            t.write(big)
+            self.assertEqual(t.get_protocol().paused, 1)
+            self.assertGreater(t.get_write_buffer_size(), 65536)
+            self.assertEqual(await r.readexactly(1 + len(big)), b"y" + big)
+            await asyncio.sleep(0)
+            self.assertEqual(t.get_protocol().paused, 0)
+
+            # Callbacks of one iteration: still in call order.
+            for piece in (b"1", bytearray(b"2"), b"3", memoryview(b"4"), b"5"):
+                self.loop.call_soon(t.write, piece)
+            self.assertEqual(await r.readexactly(5), b"12345")
+
+            # write() then close() in one callback: the data, then EOF.
+            t.write(b"last ")
+            t.write(b"words")
+            t.close()
+            self.assertEqual(await r.read(), b"last words")
+            w.close()
+            await w.wait_closed()
+            srv.close()
+            await srv.wait_closed()
+        self.loop.run_until_complete(main())
+
 
 class TestCoreClient(LoopTestCase):
     """create_connection's plain TCP path, getaddrinfo and getnameinfo run
@@ -735,6 +795,38 @@ class TestPipes(LoopTestCase):
             os.close(fresh[0])
             os.close(fresh[1])
         self.assertEqual(lost, [])
+
+
+class TestHeap(unittest.TestCase):
+    # Bursts of 100 KiB objects (stream buffers of many connections) must
+    # not fault their pages in again each time: see bindings/python/src/heap.c.
+    PROGRAM = (
+        "import resource, globeflower\n"
+        "globeflower.new_event_loop().close()\n"
+        "def burst():\n"
+        "    chunks = [b'x' * 102400 for _ in range(100)]\n"
+        "burst()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5):\n"
+        "    burst()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+
+    def faults(self, **env):
+        import os
+        import subprocess
+        import sys
+        environ = dict(os.environ, **env)
+        for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"):
+            environ.pop(name, None)
+        out = subprocess.run([sys.executable, "-c", self.PROGRAM], env=environ, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        return int(out)
+
+    @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
+    def test_bursts_of_big_buffers_keep_their_pages(self):
+        # 5 bursts of 10 MiB: ~12,500 faults if the heap is trimmed after each.
+        self.assertLess(self.faults(), 500)
+        self.assertGreater(self.faults(GLOBEFLOWER_HEAP_TUNING="0"), 5000)
 
 
 class TestEntryPoints(unittest.TestCase):

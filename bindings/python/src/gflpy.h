@@ -90,6 +90,18 @@ typedef struct gflpy_loop {
      * core by the owner before it schedules anything else, so the FIFO
      * order of asyncio's one ready queue holds across threads. */
     PyObject *xq;
+    /* Write batching (transport.c): inside an iteration of run_one, or a
+     * callback when a C host iterates (batch_depth > 0), transport.write
+     * (bytes) only keeps a reference; the transports so written (`dirty`,
+     * strong references) send it all, one syscall each, when the outermost
+     * scope ends: before the loop polls again. Besides saving syscalls,
+     * sending a whole iteration's replies back to back is what uvloop does:
+     * on loopback each send wakes its reader, and a reader already awake
+     * from the previous send costs the sender much less. */
+    int batch_depth;
+    PyObject **dirty;
+    Py_ssize_t ndirty, dirty_cap;
+    size_t batch_bytes; /* batched since the last flush (see BATCH_BYTES_MAX) */
     PyObject *weakreflist;
 } gflpy_loop;
 
@@ -109,6 +121,12 @@ void gflpy_loop_report(gflpy_loop *loop, PyObject *context_handle_or_null);
 PyObject *gflpy_watch_add(gflpy_loop *loop, int fd, int writer, PyObject *callback);
 /* _remove_reader(fd) / _remove_writer: 1 if one was removed, else 0. */
 int gflpy_watch_remove(gflpy_loop *loop, int fd, int writer);
+
+/* ------------------------------------------------------------------ */
+/* glibc heap thresholds (heap.c)                                       */
+
+/* Once per process, at the first loop: see heap.c. */
+void gflpy_heap_tune(void);
 
 /* ------------------------------------------------------------------ */
 /* The loop's sock_* methods (sock.c)                                  */
@@ -134,6 +152,20 @@ int gflpy_handles_setup(void);
 /* Stream transports (transport.c)                                     */
 
 extern PyTypeObject *gflpy_StreamTransportType;
+/* Sends the writes batched on `loop`'s transports (see batch_depth). */
+void gflpy_flush_writes(gflpy_loop *loop);
+/* Forgets them (the loop is being cleared). */
+void gflpy_drop_writes(gflpy_loop *loop);
+/* Around an iteration or a callback: the writes made inside go out at its end. */
+static inline void gflpy_batch_begin(gflpy_loop *loop)
+{
+    loop->batch_depth++;
+}
+static inline void gflpy_batch_end(gflpy_loop *loop)
+{
+    if (--loop->batch_depth == 0 && loop->ndirty)
+        gflpy_flush_writes(loop);
+}
 int gflpy_transport_init_type(PyObject *module);
 /* A core server accepted `t`: makes its Python transport for `protocol`
  * (attached to the asyncio `server`) and fills the core factory's outputs. */

@@ -110,10 +110,19 @@ PyObject *gflpy_timer_handle_new(gflpy_loop *loop, double when, PyObject *callba
     return h;
 }
 
+static void handle_run(gflpy_loop *loop, PyObject *h);
+
 void gflpy_handle_run(gflpy_loop *loop, PyObject *h)
 {
     if (GFLPY_SLOT(h, gflpy_hoff.cancelled) == Py_True)
         return;
+    gflpy_batch_begin(loop);
+    handle_run(loop, h);
+    gflpy_batch_end(loop);
+}
+
+static void handle_run(gflpy_loop *loop, PyObject *h)
+{
     if (loop->debug) {
         /* Python-level: times the callback and warns when it is slow. */
         PyObject *r = PyObject_CallFunctionObjArgs(gflpy.run_debug, (PyObject *)loop, h, NULL);

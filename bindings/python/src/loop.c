@@ -191,6 +191,8 @@ static void before_poll(gfl_loop *core, void *ud)
 {
     (void)core;
     gflpy_loop *self = ud;
+    if (self->ndirty)
+        gflpy_flush_writes(self);
     self->poll_tstate = PyEval_SaveThread();
 }
 
@@ -231,6 +233,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     self->backend_fd = -1;
     self->sig_r = self->sig_w = -1;
+    gflpy_heap_tune();
     if (cap && cap != Py_None) {
         gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
         if (!l) {
@@ -264,6 +267,8 @@ static void watch_free(struct gflpy_watch **slot)
 
 static void core_close(gflpy_loop *self)
 {
+    if (self->ndirty)
+        gflpy_flush_writes(self); /* only if closed from inside a callback */
     if (self->core) {
         gfl_loop *core = self->core;
         /* Dropped callbacks release their handles from inside free; open
@@ -289,6 +294,8 @@ static int loop_traverse(gflpy_loop *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->pending_exc);
     Py_VISIT(self->xq);
+    for (Py_ssize_t i = 0; i < self->ndirty; i++)
+        Py_VISIT(self->dirty[i]);
     for (int i = 0; i < self->nwatch; i++) {
         if (self->readers[i])
             Py_VISIT(self->readers[i]->handle);
@@ -302,6 +309,7 @@ static int loop_clear(gflpy_loop *self)
 {
     Py_CLEAR(self->pending_exc);
     Py_CLEAR(self->xq);
+    gflpy_drop_writes(self); /* cyclic garbage: nobody waits for them */
     for (int i = 0; i < self->nwatch; i++) {
         if (self->readers[i])
             Py_CLEAR(self->readers[i]->handle);
@@ -319,6 +327,7 @@ static void loop_dealloc(gflpy_loop *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     loop_clear(self);
     core_close(self);
+    PyMem_Free(self->dirty);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -712,7 +721,11 @@ static int run_one(gflpy_loop *self)
         if (wait_backend(self, timeout) < 0)
             return -1;
     }
+    /* One batch of writes per iteration (see batch_depth): sent before
+     * the next poll. */
+    gflpy_batch_begin(self);
     int rc = API->loop_run_once(self->core, poll_timeout);
+    gflpy_batch_end(self);
     if (rc >= 0 && flush_xq(self) < 0)
         PyErr_Clear();
     if (self->pending_exc) {
