@@ -26,20 +26,10 @@ import asyncio
 import sys
 import time
 
+from echo_server import new_loop  # one place that knows the three loops
+
 DEFAULT_N = {"call_soon": 1000000, "call_later": 200000, "sleep0": 100000,
              "tasks": 100000, "connections": 5000}
-
-
-def new_loop(name):
-    if name == "asyncio":
-        return asyncio.new_event_loop()
-    if name == "uvloop":
-        import uvloop
-        return uvloop.new_event_loop()
-    if name == "globeflower":
-        import globeflower
-        return globeflower.new_event_loop()
-    raise SystemExit("bench_asyncio.py: unknown loop %r" % name)
 
 
 def bench_call_soon(loop, n):
