@@ -47,7 +47,7 @@ extern "C" {
 /* Bumped only when the ABI breaks (never, we hope). */
 #define GFL_ABI_MAJOR 1
 /* Bumped whenever gfl_api grows. */
-#define GFL_ABI_MINOR 2
+#define GFL_ABI_MINOR 3
 
 /* ------------------------------------------------------------------ */
 /* Error codes: negative; errno-compatible where an errno exists.      */
@@ -245,8 +245,16 @@ typedef enum gfl_value_type {
     GFL_VALUE_BYTES = 4,
     GFL_VALUE_STRING = 5, /* bytes meant as UTF-8 text */
     GFL_VALUE_ERROR = 6,
-    GFL_VALUE_OBJECT = 7  /* a host's object */
+    GFL_VALUE_OBJECT = 7, /* a host's object */
+    /* ABI 1.3 */
+    GFL_VALUE_ARRAY = 8,  /* a sequence of values (Lua sequence, Python list/tuple) */
+    GFL_VALUE_MAP = 9     /* key/value pairs in insertion order (Lua table, Python dict) */
 } gfl_value_type;
+
+/* The deepest nesting of arrays and maps a value may have (a scalar is
+ * depth 0, an array of scalars depth 1). Constructors refuse deeper values;
+ * host conversions stop there with a clear error. */
+#define GFL_VALUE_MAX_DEPTH 64
 
 /* A host's object class: its address identifies the host. `ref` is called
  * when a value takes the object, `unref` when the value is destroyed.
@@ -304,6 +312,27 @@ GFL_EXPORT gfl_value *gfl_value_error_cause(const gfl_value *v);
  * host's object is an opaque handle). */
 GFL_EXPORT int gfl_value_get_object(const gfl_value *v, const gfl_host_class *cls, void **object);
 GFL_EXPORT const gfl_host_class *gfl_value_object_class(const gfl_value *v);
+
+/* ABI 1.3: arrays and maps. Both are immutable and hold a reference to
+ * every item: build the items first, then the container (so a value can
+ * never contain itself; cycles exist only in hosts, whose conversions
+ * detect them). NULL on a NULL item, no memory, or nesting deeper than
+ * GFL_VALUE_MAX_DEPTH. The caller keeps its own references to the items. */
+GFL_EXPORT gfl_value *gfl_value_array(gfl_value *const *items, size_t n);
+/* keys[i] maps to values[i]. Keys may be any value; hosts use strings and
+ * numbers. Duplicate keys are kept (lookups find the first). */
+GFL_EXPORT gfl_value *gfl_value_map(gfl_value *const *keys, gfl_value *const *values, size_t n);
+/* Items of an array or entries of a map (>= 0), GFL_ETYPE / GFL_EINVAL. */
+GFL_EXPORT int64_t gfl_value_length(const gfl_value *v);
+/* Borrowed (valid while `v` lives); NULL when out of range or not an array. */
+GFL_EXPORT gfl_value *gfl_value_array_get(const gfl_value *v, size_t index);
+/* The index-th entry of a map (borrowed): 0, GFL_ERANGE, GFL_ETYPE, GFL_EINVAL. */
+GFL_EXPORT int gfl_value_map_entry(const gfl_value *v, size_t index, gfl_value **key, gfl_value **value);
+/* The value of the first entry whose key is a string or bytes equal to
+ * key[0..len) (borrowed), or NULL. */
+GFL_EXPORT gfl_value *gfl_value_map_find(const gfl_value *v, const char *key, size_t len);
+/* Nesting depth (0 for scalars), or GFL_EINVAL. */
+GFL_EXPORT int gfl_value_depth(const gfl_value *v);
 
 /* ------------------------------------------------------------------ */
 /* Futures                                                             */
@@ -406,12 +435,16 @@ typedef gfl_future *(*gfl_plugin_async_function)(void *ud, gfl_loop *loop, gfl_v
 
 /* Loads plugin `name` from `path` (NULL: $GFL_PLUGIN_PATH, then the
  * installed plugin directory, as <name>.so) and runs its
- * gfl_plugin_init_<name>. NULL on failure; gfl_plugin_last_error() says why. */
+ * gfl_plugin_init_<name>. NULL on failure; gfl_plugin_last_error() says why.
+ * A plugin loads once per process: while `name` is loaded, every load (from
+ * any host or thread, whatever `path`) returns the same object with one more
+ * reference, and its init does not run again. */
 GFL_EXPORT gfl_plugin *gfl_plugin_load(const char *name, const char *path);
 /* The calling thread's last gfl_plugin_load failure, or NULL. */
 GFL_EXPORT const char *gfl_plugin_last_error(void);
-/* Runs the plugin's finaliser, if it registered one, and frees the handle
- * (the shared object stays mapped: its code may still be referenced). */
+/* Drops one reference; the last one runs the plugin's finaliser, if it
+ * registered one, and frees the object (the shared object stays mapped:
+ * its code may still be referenced). */
 GFL_EXPORT int gfl_plugin_unload(gfl_plugin *plugin);
 GFL_EXPORT const char *gfl_plugin_name(const gfl_plugin *plugin);
 GFL_EXPORT int gfl_plugin_function_count(const gfl_plugin *plugin);
@@ -425,6 +458,68 @@ GFL_EXPORT int gfl_plugin_function_is_async(const gfl_plugin *plugin, const char
  * as an already-done future). */
 GFL_EXPORT int gfl_plugin_call(gfl_plugin *plugin, const char *name, gfl_loop *loop, gfl_value *const *args, size_t nargs, gfl_value **result);
 GFL_EXPORT gfl_future *gfl_plugin_call_async(gfl_plugin *plugin, const char *name, gfl_loop *loop, gfl_value *const *args, size_t nargs);
+
+/* ------------------------------------------------------------------ */
+/* ABI 1.3: named functions shared by every host on a loop             */
+
+/*
+ * A loop keeps one registry of named functions. Any host (C, Lua, Python) or
+ * plugin exports a function under a name; any host calls it by name and gets
+ * a future. The calling convention is the plugins' (gfl_plugin_function /
+ * gfl_plugin_async_function): arguments borrowed, results as gfl_values.
+ *
+ * Names: 1 to 128 characters from A-Z a-z 0-9 _ . (so "lua.greet" works).
+ * Everything here runs on the loop's thread (GFL_EWRONGTHREAD otherwise).
+ */
+
+/* Exports `name`: exactly one of `fn` (sync: its result settles the
+ * caller's future at once) and `async_fn` (returns a future) is non-NULL.
+ * release(ud), if given, runs exactly once when the export goes away
+ * (gfl_unexport, or the loop closing) and no call is inside it. On failure
+ * (GFL_EEXIST: the name is taken; GFL_EINVAL; GFL_ENOMEM...) release is not
+ * called: the caller still owns ud. */
+GFL_EXPORT int gfl_export(gfl_loop *loop, const char *name, gfl_plugin_function fn,
+                          gfl_plugin_async_function async_fn, void *ud, gfl_release_fn release);
+/* 0, or GFL_ENOENT when nothing is exported under `name`. */
+GFL_EXPORT int gfl_unexport(gfl_loop *loop, const char *name);
+/* Calls the export `name` with `args` (borrowed). A new future reference:
+ * the function's own future, a done one for a sync function, or a failed
+ * one when nothing is exported under that name (code GFL_ENOENT, type
+ * "LookupError") or the function failed without a future. NULL only for
+ * invalid arguments, a closed loop, the wrong thread or no memory. */
+GFL_EXPORT gfl_future *gfl_call(gfl_loop *loop, const char *name, gfl_value *const *args, size_t nargs);
+/* The number of exports (>= 0) or an error; the i-th name (in export
+ * order; valid until the registry changes), NULL when out of range. */
+GFL_EXPORT int gfl_export_count(gfl_loop *loop);
+GFL_EXPORT const char *gfl_export_name(gfl_loop *loop, int index);
+/* 1 if async, 0 if sync, GFL_ENOENT if not exported. */
+GFL_EXPORT int gfl_export_is_async(gfl_loop *loop, const char *name);
+
+/* ------------------------------------------------------------------ */
+/* ABI 1.3: pumping from a host, interrupts, attaching                 */
+
+/* Runs non-blocking iterations (as gfl_loop_run_once(loop, 0)) until one
+ * runs no callback and leaves nothing ready, or `max_seconds` have passed
+ * (checked between iterations; at least one iteration runs). A round trip
+ * through several hosts thus ends within one frame. Returns the callbacks
+ * run, or an error; GFL_EINTR when a callback interrupted the loop
+ * (gfl_loop_interrupt). */
+GFL_EXPORT int gfl_loop_run_for(gfl_loop *loop, double max_seconds);
+/* For a callback whose host must stop the program (Python's
+ * KeyboardInterrupt, SystemExit): reports `error` (borrowed; a reference
+ * is kept) to the exception handler with `message`, and makes the running
+ * gfl_loop_run / run_once / run_for return GFL_EINTR after the current
+ * callback (the rest of the ready callbacks stay queued, in order). */
+GFL_EXPORT int gfl_loop_interrupt(gfl_loop *loop, const char *message, gfl_value *error);
+/* The error of the last interrupt (a new reference; the loop forgets it),
+ * or NULL when there is none. */
+GFL_EXPORT gfl_value *gfl_loop_take_interrupt(gfl_loop *loop);
+/* A new reference (gfl_loop_unref) to the loop at `candidate` if it names a
+ * loop of this process that is alive, not closed and usable from the
+ * calling thread, else NULL. Safe with
+ * any pointer: how a host validates a loop pointer handed to it (a Python
+ * capsule) before using it, so a stale one is an error, not a crash. */
+GFL_EXPORT gfl_loop *gfl_loop_acquire(const void *candidate);
 
 /* ------------------------------------------------------------------ */
 /* The function table (see DESIGN.md "The stable ABI")                 */

@@ -195,6 +195,25 @@ struct gfl_api {
     int (*future_add_done_callback_ex)(gfl_future *f, gfl_future_callback cb, void *arg, gfl_release_fn release);
     gfl_value *(*value_error_ex)(int code, const char *type, const char *message, const char *traceback, gfl_value *cause);
     gfl_value *(*value_error_cause)(const gfl_value *v);
+    /* ABI 1.3: arrays and maps, the export registry (export_function is
+     * gfl_export: "export" is a C++ keyword), host pumping */
+    gfl_value *(*value_array)(gfl_value *const *items, size_t n);
+    gfl_value *(*value_map)(gfl_value *const *keys, gfl_value *const *values, size_t n);
+    int64_t (*value_length)(const gfl_value *v);
+    gfl_value *(*value_array_get)(const gfl_value *v, size_t index);
+    int (*value_map_entry)(const gfl_value *v, size_t index, gfl_value **key, gfl_value **value);
+    gfl_value *(*value_map_find)(const gfl_value *v, const char *key, size_t len);
+    int (*value_depth)(const gfl_value *v);
+    int (*export_function)(gfl_loop *loop, const char *name, gfl_plugin_function fn, gfl_plugin_async_function async_fn, void *ud, gfl_release_fn release);
+    int (*unexport)(gfl_loop *loop, const char *name);
+    gfl_future *(*call)(gfl_loop *loop, const char *name, gfl_value *const *args, size_t nargs);
+    int (*export_count)(gfl_loop *loop);
+    const char *(*export_name)(gfl_loop *loop, int index);
+    int (*export_is_async)(gfl_loop *loop, const char *name);
+    int (*loop_run_for)(gfl_loop *loop, double max_seconds);
+    int (*loop_interrupt)(gfl_loop *loop, const char *message, gfl_value *error);
+    gfl_value *(*loop_take_interrupt)(gfl_loop *loop);
+    gfl_loop *(*loop_acquire)(const void *candidate);
 };
 
 /* Whether the table `api` has the function `field`. */

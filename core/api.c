@@ -187,6 +187,23 @@ static const gfl_api api = {
     .future_add_done_callback_ex = gfl_future_add_done_callback_ex,
     .value_error_ex = gfl_value_error_ex,
     .value_error_cause = gfl_value_error_cause,
+    .value_array = gfl_value_array,
+    .value_map = gfl_value_map,
+    .value_length = gfl_value_length,
+    .value_array_get = gfl_value_array_get,
+    .value_map_entry = gfl_value_map_entry,
+    .value_map_find = gfl_value_map_find,
+    .value_depth = gfl_value_depth,
+    .export_function = gfl_export,
+    .unexport = gfl_unexport,
+    .call = gfl_call,
+    .export_count = gfl_export_count,
+    .export_name = gfl_export_name,
+    .export_is_async = gfl_export_is_async,
+    .loop_run_for = gfl_loop_run_for,
+    .loop_interrupt = gfl_loop_interrupt,
+    .loop_take_interrupt = gfl_loop_take_interrupt,
+    .loop_acquire = gfl_loop_acquire,
 };
 
 GFL_EXPORT const gfl_api *gfl_api_get(void)

@@ -155,6 +155,12 @@ struct gfl_loop {
     struct gfl_io_source **io_sources; /* indexed by fd */
     int io_sources_cap;
     uint32_t io_tag; /* the last registration's tag */
+    struct gfl_exports *exports; /* registry.c (NULL: none yet) */
+    /* gfl_loop_interrupt: the running run/run_once/run_for returns
+     * GFL_EINTR after the current callback. */
+    bool interrupting;
+    gfl_value *interrupt_error; /* kept for gfl_loop_take_interrupt */
+    struct gfl_loop *live_prev, *live_next; /* loop.c: the live-loop list */
 };
 
 /* ---- loop.c ---- */
@@ -303,6 +309,9 @@ struct gfl_future {
 void gfl__future_init(gfl_future *f, gfl_loop *loop, bool is_task);
 /* Frees what an embedded future holds (not the struct itself). */
 void gfl__future_destroy(gfl_future *f);
+
+/* ---- registry.c ---- */
+void gfl__exports_close(gfl_loop *loop); /* releases every export */
 
 /* ---- misc ---- */
 double gfl__monotonic(void);

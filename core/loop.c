@@ -22,6 +22,54 @@
 
 static _Thread_local gfl_loop *current_loop;
 
+/* Every loop from creation to close, so gfl_loop_acquire can tell a live
+ * loop from a stale pointer without touching the memory it points to. */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static gfl_loop *live_head;
+
+static void live_add(gfl_loop *loop)
+{
+    pthread_mutex_lock(&live_lock);
+    loop->live_prev = NULL;
+    loop->live_next = live_head;
+    if (live_head)
+        live_head->live_prev = loop;
+    live_head = loop;
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(gfl_loop *loop)
+{
+    pthread_mutex_lock(&live_lock);
+    if (loop->live_prev)
+        loop->live_prev->live_next = loop->live_next;
+    else if (live_head == loop)
+        live_head = loop->live_next;
+    if (loop->live_next)
+        loop->live_next->live_prev = loop->live_prev;
+    loop->live_prev = loop->live_next = NULL;
+    pthread_mutex_unlock(&live_lock);
+}
+
+gfl_loop *gfl_loop_acquire(const void *candidate)
+{
+    if (!candidate)
+        return NULL;
+    gfl_loop *found = NULL;
+    pthread_mutex_lock(&live_lock);
+    for (gfl_loop *l = live_head; l; l = l->live_next) {
+        if ((const void *)l == candidate) {
+            found = l;
+            break;
+        }
+    }
+    /* Referenced under the lock: a close on another thread waits for it. */
+    if (found)
+        found = gfl_loop_ref(found);
+    pthread_mutex_unlock(&live_lock);
+    return found;
+}
+
 static pthread_once_t library_once = PTHREAD_ONCE_INIT;
 static int library_init_result;
 
@@ -148,6 +196,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     if (event_add(loop->poll_timeout, NULL) < 0 || gfl__threadsafe_init(loop) < 0)
         goto fail_timer;
     gfl__iopoll_init(loop, epoll_hint); /* optional: streams fall back to libevent */
+    live_add(loop);
     return loop;
 
 fail_timer:
@@ -176,10 +225,13 @@ void gfl__loop_memunref(gfl_loop *loop)
 static void close_loop(gfl_loop *loop)
 {
     /* Under the lock: pool threads read it in gfl_call_soon_threadsafe. */
+    live_remove(loop);
     pthread_mutex_lock(&loop->ts_lock);
     loop->closed = true;
     pthread_mutex_unlock(&loop->ts_lock);
     gfl__loop_memref(loop); /* dropping futures below may release memrefs */
+
+    gfl__exports_close(loop); /* hosts' release functions, while all else works */
 
     gfl__streams_close(loop);
     gfl__executor_close(loop);
@@ -211,6 +263,8 @@ static void close_loop(gfl_loop *loop)
     loop->ready = NULL;
     loop->ready_cap = 0;
 
+    gfl_value_unref(loop->interrupt_error);
+    loop->interrupt_error = NULL;
     if (current_loop == loop)
         current_loop = NULL;
     gfl__loop_memunref(loop);
@@ -382,10 +436,12 @@ static int iterate(gfl_loop *loop, double timeout)
         gfl__timers_run_due(loop, gfl__monotonic());
 
     /* Callbacks scheduled from here on wait for the next iteration. */
-    size_t n = loop->ready_count;
-    for (size_t k = 0; k < n && !loop->closed; k++)
+    size_t n = loop->ready_count, k = 0;
+    while (k < n && !loop->closed && !loop->interrupting) {
         run_slot(loop, gfl__ready_pop(loop));
-    return (int)(n > INT32_MAX ? INT32_MAX : n);
+        k++;
+    }
+    return (int)(k > INT32_MAX ? INT32_MAX : k);
 }
 
 /* run/run_once may move the loop to the calling thread when it is idle. */
@@ -403,10 +459,17 @@ static int enter(gfl_loop *loop)
     return GFL_OK;
 }
 
-static void leave(gfl_loop *loop)
+/* Ends a run: `rc`, or GFL_EINTR when a callback interrupted it. */
+static int leave(gfl_loop *loop, int rc)
 {
+    if (loop->interrupting) {
+        loop->interrupting = false;
+        rc = GFL_EINTR;
+    }
+    loop->stopping = false;
     loop->running = false;
     gfl__loop_memunref(loop);
+    return rc;
 }
 
 int gfl_loop_run_once(gfl_loop *loop, double timeout)
@@ -416,10 +479,30 @@ int gfl_loop_run_once(gfl_loop *loop, double timeout)
     int rc = enter(loop);
     if (rc < 0)
         return rc;
-    rc = iterate(loop, timeout);
-    loop->stopping = false;
-    leave(loop);
-    return rc;
+    return leave(loop, iterate(loop, timeout));
+}
+
+int gfl_loop_run_for(gfl_loop *loop, double max_seconds)
+{
+    if (loop && (isnan(max_seconds) || max_seconds < 0))
+        return GFL_EINVAL;
+    int rc = enter(loop);
+    if (rc < 0)
+        return rc;
+    double deadline = gfl__monotonic() + max_seconds;
+    int64_t total = 0;
+    for (;;) {
+        int n = iterate(loop, 0);
+        total += n;
+        if (loop->closed || loop->interrupting || loop->stopping)
+            break;
+        /* Nothing ran and nothing is queued: the loop is idle. */
+        if (n == 0 && loop->ready_count == 0)
+            break;
+        if (gfl__monotonic() >= deadline)
+            break;
+    }
+    return leave(loop, (int)(total > INT32_MAX ? INT32_MAX : total));
 }
 
 int gfl_loop_run(gfl_loop *loop)
@@ -427,14 +510,35 @@ int gfl_loop_run(gfl_loop *loop)
     int rc = enter(loop);
     if (rc < 0)
         return rc;
-    while (!loop->closed) {
+    while (!loop->closed && !loop->interrupting) {
         iterate(loop, -1);
         if (loop->stopping)
             break;
     }
-    loop->stopping = false;
-    leave(loop);
-    return GFL_OK;
+    return leave(loop, GFL_OK);
+}
+
+int gfl_loop_interrupt(gfl_loop *loop, const char *message, gfl_value *error)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    gfl_value_ref(error);
+    gfl_value_unref(loop->interrupt_error);
+    loop->interrupt_error = error;
+    /* Only a running loop has a run to end; otherwise it is just reported. */
+    if (loop->running)
+        loop->interrupting = true;
+    return gfl_loop_call_exception_handler(loop, message ? message : "interrupted by a callback", error);
+}
+
+gfl_value *gfl_loop_take_interrupt(gfl_loop *loop)
+{
+    if (gfl__check_loop(loop) < 0)
+        return NULL;
+    gfl_value *error = loop->interrupt_error;
+    loop->interrupt_error = NULL;
+    return error;
 }
 
 int gfl_loop_stop(gfl_loop *loop)

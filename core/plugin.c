@@ -6,9 +6,10 @@
  * Lifetime rules
  *  - Plugins are process-level, not per loop: a gfl_plugin is plain malloc
  *    memory (no loop allocation hook), and a loop is passed to each call.
- *    Each successful gfl_plugin_load returns a new, independent object; the
- *    shared object is mapped once by the dynamic linker and its init runs
- *    once per load.
+ *    A plugin loads once per process: the loaded ones are on a list keyed
+ *    by name (under a lock: hosts load from any thread), and a load of a
+ *    name already there returns that object with one more reference. The
+ *    init runs once; the finaliser runs when the last reference goes.
  *  - Registration (functions, finaliser) is allowed only while the init
  *    function runs; afterwards the function table is immutable, so lookups
  *    and calls need no lock.
@@ -52,6 +53,8 @@ struct plugin_function {
 };
 
 struct gfl_plugin {
+    struct gfl_plugin *next; /* on the loaded list (loaded_lock) */
+    int refs;                /* loads not yet unloaded (loaded_lock) */
     char name[PLUGIN_NAME_MAX + 1];
     void *handle;      /* from dlopen; never closed (see above) */
     bool initializing; /* registration allowed */
@@ -60,6 +63,29 @@ struct gfl_plugin {
     gfl_release_fn finalizer;
     void *finalizer_ud;
 };
+
+/* The loaded plugins. Recursive: a plugin's init may load another. */
+static pthread_mutex_t loaded_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+static gfl_plugin *loaded;
+
+static gfl_plugin *find_loaded(const char *name)
+{
+    for (gfl_plugin *p = loaded; p; p = p->next) {
+        if (strcmp(p->name, name) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+static void unlink_loaded(gfl_plugin *p)
+{
+    for (gfl_plugin **pp = &loaded; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+    }
+}
 
 /* ------------------------------------------------------------------ */
 /* The thread-local error message                                      */
@@ -211,6 +237,8 @@ static void *search_library(const char *name, char *file)
     return NULL;
 }
 
+static gfl_plugin *load_new(const char *name, const char *path);
+
 gfl_plugin *gfl_plugin_load(const char *name, const char *path)
 {
     has_last_error = false;
@@ -228,6 +256,23 @@ gfl_plugin *gfl_plugin_load(const char *name, const char *path)
         return NULL;
     }
 
+    pthread_mutex_lock(&loaded_lock);
+    gfl_plugin *p = find_loaded(name);
+    if (p && p->initializing) {
+        set_error("cannot load plugin %s from its own init function", name);
+        p = NULL;
+    } else if (p) {
+        p->refs++;
+    } else {
+        p = load_new(name, path);
+    }
+    pthread_mutex_unlock(&loaded_lock);
+    return p;
+}
+
+/* Maps, initialises and lists a plugin not loaded yet (loaded_lock held). */
+static gfl_plugin *load_new(const char *name, const char *path)
+{
     char file[PATH_MAX];
     void *handle;
     if (path) {
@@ -268,9 +313,14 @@ gfl_plugin *gfl_plugin_load(const char *name, const char *path)
     }
     memcpy(p->name, name, strlen(name) + 1);
     p->handle = handle;
+    p->refs = 1;
     p->initializing = true;
+    /* Listed during init, so a recursive load of the same name is refused. */
+    p->next = loaded;
+    loaded = p;
     int rc = init(gfl_api_get(), p);
     p->initializing = false;
+    unlink_loaded(p);
     if (rc != 0) {
         /* No finaliser: like a failed constructor, a refusing init cleans up
          * after itself. What it registered is dropped. */
@@ -281,6 +331,8 @@ gfl_plugin *gfl_plugin_load(const char *name, const char *path)
         plugin_free(p);
         return NULL;
     }
+    p->next = loaded;
+    loaded = p;
     return p;
 }
 
@@ -288,10 +340,23 @@ int gfl_plugin_unload(gfl_plugin *plugin)
 {
     if (!plugin)
         return GFL_EINVAL;
-    /* Unloading itself from its own init would free the object the loader
-     * is still filling in. */
-    if (plugin->initializing)
-        return GFL_ESTATE;
+    pthread_mutex_lock(&loaded_lock);
+    /* Found by address, never dereferenced before: a handle unloaded
+     * already is an error, not a use-after-free. Unloading itself from its
+     * own init would free the object the loader is still filling in. */
+    gfl_plugin *p = loaded;
+    while (p && p != plugin)
+        p = p->next;
+    if (!p || p->initializing) {
+        pthread_mutex_unlock(&loaded_lock);
+        return p ? GFL_ESTATE : GFL_EINVAL;
+    }
+    bool last = --plugin->refs == 0;
+    if (last)
+        unlink_loaded(plugin);
+    pthread_mutex_unlock(&loaded_lock);
+    if (!last)
+        return GFL_OK;
     if (plugin->finalizer)
         plugin->finalizer(plugin->finalizer_ud);
     plugin_free(plugin); /* no dlclose: see the top of this file */

@@ -57,6 +57,15 @@ struct gfl_value_object {
     void *object;
 };
 
+/* Arrays and maps: the items (keys then values for a map: 2n references)
+ * follow the header. `depth` is 1 + the deepest item's depth. */
+struct gfl_value_container {
+    struct gfl_value header;
+    size_t n;   /* items, or entries of a map */
+    int depth;
+    gfl_value *items[];
+};
+
 static struct gfl_value nil_value = {1, GFL_VALUE_NIL, true};
 static struct gfl_value_bool true_value = {{1, GFL_VALUE_BOOL, true}, 1};
 static struct gfl_value_bool false_value = {{1, GFL_VALUE_BOOL, true}, 0};
@@ -197,12 +206,130 @@ gfl_value *gfl_value_object(const gfl_host_class *cls, void *object)
     return &v->header;
 }
 
+/* GFL_EINVAL for NULL, GFL_ETYPE unless the value has type `type`. */
+static int check_type(const gfl_value *v, gfl_value_type type)
+{
+    if (!v)
+        return GFL_EINVAL;
+    return v->type == type ? GFL_OK : GFL_ETYPE;
+}
+
+static bool is_container(const gfl_value *v)
+{
+    return v->type == GFL_VALUE_ARRAY || v->type == GFL_VALUE_MAP;
+}
+
+int gfl_value_depth(const gfl_value *v)
+{
+    if (!v)
+        return GFL_EINVAL;
+    return is_container(v) ? ((const struct gfl_value_container *)v)->depth : 0;
+}
+
+/* A container of `count` item references (copied from a then b, each
+ * `n` long; b may be NULL), or NULL. */
+static gfl_value *make_container(gfl_value_type type, gfl_value *const *a, gfl_value *const *b, size_t n)
+{
+    size_t count = b ? 2 * n : n;
+    if ((n > 0 && !a) || (b && n > SIZE_MAX / 2) ||
+        count > (SIZE_MAX - sizeof(struct gfl_value_container)) / sizeof(gfl_value *))
+        return NULL;
+    int depth = 0;
+    for (size_t i = 0; i < count; i++) {
+        gfl_value *item = i < n ? a[i] : b[i - n];
+        if (!item)
+            return NULL;
+        int d = gfl_value_depth(item);
+        if (d > depth)
+            depth = d;
+    }
+    if (depth + 1 > GFL_VALUE_MAX_DEPTH)
+        return NULL;
+    struct gfl_value_container *v =
+        value_alloc(sizeof *v + count * sizeof(gfl_value *), type);
+    if (!v)
+        return NULL;
+    v->n = n;
+    v->depth = depth + 1;
+    for (size_t i = 0; i < count; i++)
+        v->items[i] = gfl_value_ref(i < n ? a[i] : b[i - n]);
+    return &v->header;
+}
+
+gfl_value *gfl_value_array(gfl_value *const *items, size_t n)
+{
+    return make_container(GFL_VALUE_ARRAY, items, NULL, n);
+}
+
+gfl_value *gfl_value_map(gfl_value *const *keys, gfl_value *const *values, size_t n)
+{
+    if (n > 0 && !values)
+        return NULL;
+    /* make_container needs a non-NULL second list to build a map. */
+    static gfl_value *const none[1] = {NULL};
+    return make_container(GFL_VALUE_MAP, keys, n ? values : none, n);
+}
+
+int64_t gfl_value_length(const gfl_value *v)
+{
+    if (!v)
+        return GFL_EINVAL;
+    if (!is_container(v))
+        return GFL_ETYPE;
+    return (int64_t)((const struct gfl_value_container *)v)->n;
+}
+
+gfl_value *gfl_value_array_get(const gfl_value *v, size_t index)
+{
+    if (!v || v->type != GFL_VALUE_ARRAY)
+        return NULL;
+    const struct gfl_value_container *c = (const struct gfl_value_container *)v;
+    return index < c->n ? c->items[index] : NULL;
+}
+
+int gfl_value_map_entry(const gfl_value *v, size_t index, gfl_value **key, gfl_value **value)
+{
+    int rc = check_type(v, GFL_VALUE_MAP);
+    if (rc < 0)
+        return rc;
+    const struct gfl_value_container *c = (const struct gfl_value_container *)v;
+    if (index >= c->n)
+        return GFL_ERANGE;
+    if (key)
+        *key = c->items[index];
+    if (value)
+        *value = c->items[c->n + index];
+    return GFL_OK;
+}
+
+gfl_value *gfl_value_map_find(const gfl_value *v, const char *key, size_t len)
+{
+    if (!v || v->type != GFL_VALUE_MAP || (!key && len > 0))
+        return NULL;
+    const struct gfl_value_container *c = (const struct gfl_value_container *)v;
+    for (size_t i = 0; i < c->n; i++) {
+        const gfl_value *k = c->items[i];
+        if (k->type != GFL_VALUE_STRING && k->type != GFL_VALUE_BYTES)
+            continue;
+        const struct gfl_value_bytes *b = (const struct gfl_value_bytes *)k;
+        if (b->len == len && (len == 0 || memcmp(b->data, key, len) == 0))
+            return c->items[c->n + i];
+    }
+    return NULL;
+}
+
 /* Frees v; returns the cause it held (a reference for the caller to drop),
- * so that a long chain of causes is released without recursion. */
+ * so that a long chain of causes is released without recursion. Container
+ * items are released recursively: their depth is bounded. */
 static gfl_value *value_destroy(struct gfl_value *v)
 {
     gfl_value *next = NULL;
-    if (v->type == GFL_VALUE_OBJECT) {
+    if (is_container(v)) {
+        struct gfl_value_container *c = (struct gfl_value_container *)v;
+        size_t count = v->type == GFL_VALUE_MAP ? 2 * c->n : c->n;
+        for (size_t i = 0; i < count; i++)
+            gfl_value_unref(c->items[i]);
+    } else if (v->type == GFL_VALUE_OBJECT) {
         struct gfl_value_object *o = (struct gfl_value_object *)v;
         o->cls->unref(o->object);
     } else if (v->type == GFL_VALUE_ERROR) {
@@ -237,13 +364,6 @@ int gfl_value_type_of(const gfl_value *v)
     return v ? v->type : GFL_EINVAL;
 }
 
-/* GFL_EINVAL for NULL, GFL_ETYPE unless the value has type `type`. */
-static int check_type(const gfl_value *v, gfl_value_type type)
-{
-    if (!v)
-        return GFL_EINVAL;
-    return v->type == type ? GFL_OK : GFL_ETYPE;
-}
 
 int gfl_value_get_bool(const gfl_value *v, int *out)
 {

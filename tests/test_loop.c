@@ -517,3 +517,118 @@ Test(loop, poll_hooks_surround_only_polls_that_may_block)
     cr_assert_eq(polls_before, 1);
     cr_assert_eq(gfl_loop_free(l), 0);
 }
+
+/* ------------------------------------------------------------------ */
+/* gfl_loop_run_for, interrupts, gfl_loop_acquire (ABI 1.3)            */
+
+static int chain_left;
+static void chain(void *arg)
+{
+    record(arg);
+    if (--chain_left > 0)
+        cr_assert_gt(gfl_call_soon(loop, chain, TAG((int)(intptr_t)arg + 1)), 0);
+}
+
+Test(loop, run_for_runs_until_nothing_is_ready, .init = setup, .fini = teardown)
+{
+    /* Ten hops, each scheduled by the previous one: one run_for runs all
+     * of them (run_once would take ten calls). */
+    chain_left = 10;
+    cr_assert_gt(gfl_call_soon(loop, chain, TAG(1)), 0);
+    cr_assert_eq(gfl_call_later(loop, 10.0, record, TAG(99)) > 0, 1);
+    cr_assert_eq(gfl_loop_run_for(loop, 1.0), 10);
+    cr_assert_eq(nevents, 10);
+    /* Idle: one iteration that runs nothing, never waits for the timer. */
+    double t0 = gfl_loop_time(loop);
+    cr_assert_eq(gfl_loop_run_for(loop, 1.0), 0);
+    cr_assert_lt(gfl_loop_time(loop) - t0, 0.5);
+    cr_assert_eq(gfl_loop_run_for(loop, -1), GFL_EINVAL);
+    cr_assert_eq(gfl_loop_run_for(NULL, 0), GFL_EINVAL);
+}
+
+static void respawn(void *arg)
+{
+    (void)arg;
+    nevents++;
+    gfl_call_soon(loop, respawn, NULL);
+}
+
+Test(loop, run_for_stops_at_its_budget, .init = setup, .fini = teardown)
+{
+    /* A callback that always reschedules itself would run forever. */
+    cr_assert_gt(gfl_call_soon(loop, respawn, NULL), 0);
+    double t0 = gfl_loop_time(loop);
+    int n = gfl_loop_run_for(loop, 0.02);
+    double took = gfl_loop_time(loop) - t0;
+    cr_assert_gt(n, 1);
+    cr_assert_geq(took, 0.02);
+    cr_assert_lt(took, 2.0);
+}
+
+static int handler_calls;
+static gfl_value *handler_error;
+static void note_exception(gfl_loop *l, const char *message, gfl_value *error, void *ud)
+{
+    (void)l, (void)ud;
+    cr_assert_str_eq(message, "KeyboardInterrupt in a callback");
+    handler_calls++;
+    handler_error = error;
+}
+
+static void interrupter(void *arg)
+{
+    record(arg);
+    gfl_value *e = gfl_value_error(GFL_EINTR, "KeyboardInterrupt", "", NULL);
+    cr_assert_eq(gfl_loop_interrupt(loop, "KeyboardInterrupt in a callback", e), 0);
+    gfl_value_unref(e);
+}
+
+Test(loop, interrupt_ends_the_run_and_keeps_the_rest_queued, .init = setup, .fini = teardown)
+{
+    handler_calls = 0;
+    cr_assert_eq(gfl_loop_set_exception_handler(loop, note_exception, NULL), 0);
+    gfl_call_soon(loop, record, TAG(1));
+    gfl_call_soon(loop, interrupter, TAG(2));
+    gfl_call_soon(loop, record, TAG(3));
+    cr_assert_eq(gfl_loop_run_once(loop, 0), GFL_EINTR);
+    cr_assert_eq(handler_calls, 1);
+    cr_assert_eq(nevents, 2);
+    gfl_value *e = gfl_loop_take_interrupt(loop);
+    cr_assert_eq(e, handler_error);
+    cr_assert_str_eq(gfl_value_error_type(e), "KeyboardInterrupt");
+    gfl_value_unref(e);
+    cr_assert_null(gfl_loop_take_interrupt(loop), "taken once");
+    /* The loop keeps working: the third callback runs next. */
+    cr_assert_eq(gfl_loop_run_once(loop, 0), 1);
+    int expected[] = {1, 2, 3};
+    assert_events(expected, 3);
+
+    /* gfl_loop_run and run_for end the same way. */
+    gfl_call_soon(loop, interrupter, TAG(4));
+    cr_assert_eq(gfl_loop_run(loop), GFL_EINTR);
+    gfl_call_soon(loop, interrupter, TAG(5));
+    cr_assert_eq(gfl_loop_run_for(loop, 1.0), GFL_EINTR);
+    cr_assert_eq(handler_calls, 3);
+    gfl_value_unref(gfl_loop_take_interrupt(loop));
+}
+
+Test(loop, acquire_tells_live_loops_from_stale_pointers)
+{
+    gfl_loop *a = gfl_loop_new(NULL);
+    gfl_loop *b = gfl_loop_acquire(a);
+    cr_assert_eq(a, b);
+    cr_assert_eq(gfl_loop_unref(b), 0);
+    int local;
+    cr_assert_null(gfl_loop_acquire(&local), "not a loop");
+    cr_assert_null(gfl_loop_acquire(NULL));
+    cr_assert_eq(gfl_loop_free(a), 0);
+    /* Freed: the address is refused without being read (valgrind checks). */
+    cr_assert_null(gfl_loop_acquire(a));
+
+    /* A closed loop kept alive by another reference is refused too. */
+    gfl_loop *c = gfl_loop_new(NULL);
+    gfl_loop *extra = gfl_loop_ref(c);
+    cr_assert_eq(gfl_loop_free(c), 0);
+    cr_assert_null(gfl_loop_acquire(c));
+    cr_assert_eq(gfl_loop_unref(extra), 0);
+}

@@ -211,19 +211,58 @@ Test(plugin, search_stops_at_the_first_match_even_if_broken)
     rmdir(dir);
 }
 
-Test(plugin, loading_twice_gives_independent_objects)
+Test(plugin, loads_once_per_process_and_counts_references)
 {
-    gfl_plugin *a = load_example();
-    gfl_plugin *b = load_example();
-    cr_assert_neq(a, b);
-    cr_assert_eq(gfl_plugin_unload(a), 0);
-    gfl_value *args[] = {gfl_value_int(1), gfl_value_int(2)};
-    gfl_value *r = call_ok(b, "add", args, 2);
-    assert_int(r, 3);
-    gfl_value_unref(r);
-    gfl_value_unref(args[0]);
-    gfl_value_unref(args[1]);
+    gfl_plugin *a = load_fixture();
+    gfl_value *v = call_ok(a, "finalized", NULL, 0);
+    int64_t before;
+    cr_assert_eq(gfl_value_get_int(v, &before), 0);
+    gfl_value_unref(v);
+
+    /* Every host asking for the name gets the same instance, whatever path
+     * it gives: the init does not run again. */
+    gfl_plugin *b = load_fixture();
+    cr_assert_eq(a, b);
+    gfl_plugin *c = gfl_plugin_load("fixture", NULL);
+    cr_assert_eq(a, c, "%s", gfl_plugin_last_error() ? gfl_plugin_last_error() : "");
+
+    /* Two unloads leave it loaded and callable; the finaliser has not run. */
+    cr_assert_eq(gfl_plugin_unload(c), 0);
     cr_assert_eq(gfl_plugin_unload(b), 0);
+    v = call_ok(a, "finalized", NULL, 0);
+    assert_int(v, before);
+    gfl_value_unref(v);
+
+    /* The last one finalises; a later load is a fresh instance. */
+    cr_assert_eq(gfl_plugin_unload(a), 0);
+    cr_assert_eq(gfl_plugin_unload(a), GFL_EINVAL, "an unloaded handle is refused, not used");
+    gfl_plugin *d = load_fixture();
+    v = call_ok(d, "finalized", NULL, 0);
+    assert_int(v, before + 1);
+    gfl_value_unref(v);
+    cr_assert_eq(gfl_plugin_unload(d), 0);
+}
+
+static void *load_in_thread(void *arg)
+{
+    (void)arg;
+    return gfl_plugin_load("example", NULL);
+}
+
+Test(plugin, loads_from_threads_share_one_instance)
+{
+    pthread_t th[4];
+    void *got[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, load_in_thread, NULL), 0);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(pthread_join(th[i], &got[i]), 0);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_not_null(got[i]);
+        cr_assert_eq(got[i], got[0]);
+    }
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(gfl_plugin_unload(got[i]), 0);
 }
 
 Test(plugin, reachable_through_the_api_table)

@@ -441,3 +441,103 @@ Test(value, long_cause_chains_are_freed_without_recursion)
     }
     gfl_value_unref(e); /* a recursive free would overflow the stack */
 }
+
+/* ------------------------------------------------------------------ */
+/* Arrays and maps (ABI 1.3)                                           */
+
+Test(value, arrays_hold_references_to_their_items)
+{
+    gfl_value *s = gfl_value_string("hi", 2);
+    gfl_value *items[] = {gfl_value_int(1), s, gfl_value_nil()};
+    gfl_value *a = gfl_value_array(items, 3);
+    cr_assert_not_null(a);
+    cr_assert_eq(gfl_value_type_of(a), GFL_VALUE_ARRAY);
+    cr_assert_eq(gfl_value_length(a), 3);
+    cr_assert_eq(gfl_value_depth(a), 1);
+    gfl_value_unref(items[0]);
+    gfl_value_unref(s); /* the array keeps the item alive */
+    int64_t i;
+    cr_assert_eq(gfl_value_get_int(gfl_value_array_get(a, 0), &i), 0);
+    cr_assert_eq(i, 1);
+    const char *data;
+    cr_assert_eq(gfl_value_get_bytes(gfl_value_array_get(a, 1), &data, NULL), 0);
+    cr_assert_str_eq(data, "hi");
+    cr_assert_eq(gfl_value_type_of(gfl_value_array_get(a, 2)), GFL_VALUE_NIL);
+    cr_assert_null(gfl_value_array_get(a, 3));
+    gfl_value_unref(a);
+
+    gfl_value *empty = gfl_value_array(NULL, 0);
+    cr_assert_not_null(empty);
+    cr_assert_eq(gfl_value_length(empty), 0);
+    gfl_value_unref(empty);
+}
+
+Test(value, maps_keep_order_and_find_string_keys)
+{
+    gfl_value *keys[] = {gfl_value_string("b", 1), gfl_value_int(7), gfl_value_bytes("a", 1)};
+    gfl_value *vals[] = {gfl_value_int(2), gfl_value_string("seven", 5), gfl_value_bool(1)};
+    gfl_value *m = gfl_value_map(keys, vals, 3);
+    for (int k = 0; k < 3; k++) {
+        gfl_value_unref(keys[k]);
+        gfl_value_unref(vals[k]);
+    }
+    cr_assert_not_null(m);
+    cr_assert_eq(gfl_value_type_of(m), GFL_VALUE_MAP);
+    cr_assert_eq(gfl_value_length(m), 3);
+    gfl_value *k, *v;
+    cr_assert_eq(gfl_value_map_entry(m, 1, &k, &v), 0);
+    int64_t i;
+    cr_assert_eq(gfl_value_get_int(k, &i), 0);
+    cr_assert_eq(i, 7);
+    cr_assert_eq(gfl_value_type_of(v), GFL_VALUE_STRING);
+    cr_assert_eq(gfl_value_map_entry(m, 3, &k, &v), GFL_ERANGE);
+    cr_assert_eq(gfl_value_get_int(gfl_value_map_find(m, "b", 1), &i), 0);
+    cr_assert_eq(i, 2);
+    cr_assert_eq(gfl_value_type_of(gfl_value_map_find(m, "a", 1)), GFL_VALUE_BOOL);
+    cr_assert_null(gfl_value_map_find(m, "c", 1));
+    cr_assert_null(gfl_value_array_get(m, 0), "a map is not an array");
+    gfl_value_unref(m);
+}
+
+Test(value, containers_reject_bad_input_and_excess_depth)
+{
+    gfl_value *items[] = {gfl_value_int(1), NULL};
+    cr_assert_null(gfl_value_array(items, 2), "NULL item");
+    cr_assert_null(gfl_value_array(NULL, 1));
+    cr_assert_null(gfl_value_map(items, NULL, 1));
+    cr_assert_null(gfl_value_map(items, items, 2));
+    gfl_value_unref(items[0]);
+    cr_assert_eq(gfl_value_length(NULL), GFL_EINVAL);
+    gfl_value *n = gfl_value_int(3);
+    cr_assert_eq(gfl_value_length(n), GFL_ETYPE);
+    cr_assert_eq(gfl_value_depth(n), 0);
+    cr_assert_eq(gfl_value_map_entry(n, 0, NULL, NULL), GFL_ETYPE);
+
+    /* Nest to the limit: one more level is refused, nothing leaks. */
+    gfl_value *v = n;
+    for (int d = 1; d <= GFL_VALUE_MAX_DEPTH; d++) {
+        gfl_value *a = gfl_value_array(&v, 1);
+        cr_assert_not_null(a, "depth %d", d);
+        gfl_value_unref(v);
+        v = a;
+        cr_assert_eq(gfl_value_depth(v), d);
+    }
+    cr_assert_null(gfl_value_array(&v, 1));
+    gfl_value *key = gfl_value_string("k", 1);
+    cr_assert_null(gfl_value_map(&key, &v, 1));
+    cr_assert_null(gfl_value_map(&v, &key, 1), "keys count too");
+    gfl_value_unref(key);
+    gfl_value_unref(v); /* frees the whole chain (valgrind checks) */
+}
+
+Test(value, containers_reachable_through_the_api_table)
+{
+    const gfl_api *api = gfl_api_get();
+    cr_assert(GFL_API_HAS(api, value_depth));
+    gfl_value *x = api->value_int(5);
+    gfl_value *a = api->value_array(&x, 1);
+    cr_assert_eq(api->value_length(a), 1);
+    cr_assert_eq(api->value_array_get(a, 0), x);
+    api->value_unref(x);
+    api->value_unref(a);
+}
