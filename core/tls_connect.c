@@ -214,13 +214,20 @@ GFL_EXPORT gfl_future *gfl_create_tls_server(gfl_loop *loop, gfl_protocol_factor
     if (!org)
         return NULL;
     /* The server holds the origin's one reference (released as its
-     * factory); each TLS connection holds another. */
+     * factory); each TLS connection holds another. The server may fail and
+     * release its reference before gfl_create_server returns: ours keeps
+     * the origin alive until then, and the caller's release is already in
+     * place, so it runs exactly once, when the origin goes. */
+    org->frel = factory_release;
+    gfl__tls_origin_ref(org);
     gfl_future *f = gfl_create_server(loop, server_raw_factory, org, origin_release, opts);
     if (!f) {
+        /* Refused: the server took nothing and the caller keeps its
+         * factory_ud (the contract of a NULL return). */
+        org->frel = NULL;
         gfl__tls_origin_unref(org);
-        return NULL;
     }
-    org->frel = factory_release;
+    gfl__tls_origin_unref(org);
     return f;
 }
 

@@ -1490,6 +1490,34 @@ Test(tls, factory_released_once)
     gfl_tls_context_unref(cctx);
 }
 
+/* A server whose bind fails at once (pre-resolved address in use): the
+ * inner server releases the TLS origin inside gfl_create_tls_server, which
+ * must neither touch it afterwards nor lose the caller's release. */
+Test(tls, server_failing_synchronously_releases_the_factory_once)
+{
+    gfl_tls_context *sctx = server_ctx("server");
+    int busy = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sin;
+    cr_assert_eq(bind(busy, (struct sockaddr *)&sin, sizeof sin), 0);
+    cr_assert_eq(listen(busy, 1), 0);
+    cr_assert_eq(getsockname(busy, (struct sockaddr *)&sin, &len), 0);
+    gfl_addrinfo *ai = gfl_addrinfo_new();
+    cr_assert_eq(gfl_addrinfo_add(ai, AF_INET, SOCK_STREAM, 0, &sin, sizeof sin), 0);
+    gfl_server_options so = {.size = sizeof so, .addrs = ai, .reuse_address = -1};
+    gfl_tls_options to = {.size = sizeof to, .context = sctx};
+    releases = 0;
+    gfl_future *f = gfl_create_tls_server(loop, srv_factory, NULL, count_release, &so, &to);
+    cr_assert_not_null(f);
+    gfl_value *e = await_error(f);
+    cr_assert_eq(gfl_value_error_code(e), GFL_EADDRINUSE);
+    gfl_future_unref(f);
+    cr_assert_eq(releases, 1, "the caller's factory_release ran %d times", releases);
+    gfl_addrinfo_unref(ai);
+    close(busy);
+    gfl_tls_context_unref(sctx);
+}
+
 /* ------------------------------------------------------------------ */
 /* Caller-owned options                                                */
 
