@@ -1,0 +1,35 @@
+#!/bin/sh
+# make check for examples/engine: the 60 Hz C host with Lua and Python on
+# one loop and the example plugin, shortened to 3 s, in each teardown order;
+# then (long tests, not sanitized builds) once under valgrind memcheck,
+# where the frame rate is not checked but every exchange still is, and
+# invalid accesses fail. Each run ends with "engine ...: N passed, N failed".
+set -u
+: "${abs_top_srcdir:?}" "${abs_top_builddir:?}" "${GFL_LUA_HOST_DIR:?}" "${GFL_PYTHONPATH:?}"
+engine="$abs_top_builddir/examples/engine/engine"
+game="$abs_top_srcdir/examples/engine"
+LUA_CPATH="$abs_top_builddir/bindings/lua/$GFL_LUA_HOST_DIR/.libs/?.so"
+export LUA_CPATH
+status=0
+run() { # name, then the engine's arguments
+    name=$1
+    shift
+    if "$@" --lua "$game/game.lua" --python-path "$GFL_PYTHONPATH:$game"; then
+        echo "engine $name: 1 passed, 0 failed"
+    else
+        echo "engine $name: 0 passed, 1 failed"
+        status=1
+    fi
+}
+for order in python-lua-loop lua-python-loop loop-first; do
+    run "$order" "$engine" --seconds 3 --teardown "$order"
+done
+if [ "${GFL_LONG_TESTS:-1}" = 1 ] && [ -z "${GFL_NO_VALGRIND:-}" ] && command -v "${VALGRIND:-valgrind}" >/dev/null 2>&1; then
+    log="$abs_top_builddir/tests/engine-valgrind.log"
+    # PYTHONMALLOC=malloc: let memcheck see Python's allocations. Python
+    # keeps memory at exit by design: only errors fail, not leaks.
+    PYTHONMALLOC=malloc run valgrind ${VALGRIND:-valgrind} --error-exitcode=99 --leak-check=no \
+        --suppressions="$abs_top_srcdir/tests/valgrind.supp" --log-file="$log" \
+        "$engine" --seconds 3 --fps 10 --budget 1000 --no-timing
+fi
+exit $status
