@@ -208,8 +208,8 @@ int main(int argc, char **argv)
     for (; n < frames && work; n++) {
         engine.frame = n;
         double start = now();
-        if (start > next + period / 2)
-            late++; /* this frame began after its slot ended: the rate slipped */
+        if (start > next + period)
+            late++; /* began after its whole slot had passed: a dropped frame */
         int rc = gfl_loop_run_for(loop, budget);
         if (rc == GFL_EINTR) {
             gfl_value_unref(gfl_loop_take_interrupt(loop));
