@@ -33,6 +33,7 @@ struct gfl_lua_rt {
     int owns_loop;  /* we created it: closed with the state */
     int refs;       /* atomic */
     int ref_traceback;  /* debug.traceback */
+    int ref_wait_token; /* what the prelude yields before a waiter (task.c) */
     int ref_array_mt;   /* gfl.array_mt: marks tables that are arrays */
     int ref_arraylen;   /* weak keys: array table -> length (arrays with nils) */
     int ref_foreign;    /* weak values: [lightuserdata gfl_value*] = proxy */

@@ -576,6 +576,7 @@ static gfl_lua_rt *open_runtime(lua_State *L)
     rt->refs = 1;
     rt->ref_handler = LUA_NOREF;
     rt->ref_error_new = rt->ref_error_info = rt->ref_internal = LUA_NOREF;
+    rt->ref_wait_token = LUA_NOREF;
 
     lua_getfield(L, LUA_REGISTRYINDEX, GFL_LUA_LOOP_KEY);
     gfl_loop *loop = lua_touserdata(L, -1);

@@ -105,6 +105,29 @@ static void await_error(gfl_lua_rt *rt, gfl_task *t, const char *message)
     fail_with(t, GFL_EINVAL, message);
 }
 
+/* What a task's coroutine awaits: a future object, or (from the
+ * prelude only) the private token followed by a light userdata naming a
+ * gfl_future the binding owns. A light userdata alone is refused: a
+ * script must not make the step read any address as a future. */
+static gfl_future *yielded_future(gfl_lua_rt *rt, lua_State *co, int nres)
+{
+    int first = lua_gettop(co) - nres + 1;
+    if (nres == 2 && lua_type(co, first) == LUA_TTABLE) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, rt->ref_wait_token);
+        int ours = lua_rawequal(co, -1, first);
+        lua_pop(co, 1);
+        if (!ours)
+            return NULL;
+        if (lua_type(co, first + 1) == LUA_TLIGHTUSERDATA)
+            return lua_touserdata(co, first + 1);
+        first++; /* a future object */
+    }
+    if (lua_type(co, first) != LUA_TUSERDATA)
+        return NULL;
+    gfl_lua_future *fu = gfl_testudata(co, first, GFL_LUA_FUTURE);
+    return fu ? fu->f : NULL;
+}
+
 static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
 {
     (void)value; /* the Lua side reads the awaited future itself */
@@ -149,7 +172,7 @@ static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
         if (nres == 0) {
             /* bare yield: step again next iteration */
         } else {
-            gfl_future *f = gfl_lua_to_future(co, -nres);
+            gfl_future *f = yielded_future(rt, co, nres);
             if (!f) {
                 await_error(rt, t, "a task yielded something that is not a future (use gfl.sleep(0) to yield)");
             } else {
@@ -284,6 +307,14 @@ static int l_loop_running(lua_State *L)
 
 void gfl_lua_open_task(lua_State *L, int internal)
 {
+    /* The token the prelude yields before a waiter (see yielded_future). */
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    if (rt->ref_wait_token == LUA_NOREF) {
+        lua_newtable(L);
+        rt->ref_wait_token = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_wait_token);
+    lua_setfield(L, internal, "WAIT");
     lua_pushcfunction(L, gfl_lua_spawn);
     lua_setfield(L, internal, "spawn");
     lua_pushcfunction(L, l_current_task);

@@ -391,4 +391,19 @@ function T.no_raw_pointers()
     assert(gfl.loop().pointer == nil)
 end
 
+function T.yielding_a_pointer_is_refused()
+    -- internal waiters are light userdata; a script that gets one (here
+    -- from the method wait_closed wraps) cannot make a task await it
+    local srv = assert(gfl.start_server(function(s) s:read() s:close() end, "127.0.0.1", 0))
+    local c = assert(gfl.open_connection("127.0.0.1", srv:port()))
+    local busy, w = c:_wait_closed()
+    assert(busy == false and type(w) == "userdata")
+    local t = gfl.spawn(function() coroutine.yield(w) end)
+    local ok, e = gfl.pcall(t.await, t)
+    assert(not ok and tostring(e):match("not a future"), tostring(e))
+    c:close()
+    srv:close()
+    srv:wait_closed()
+end
+
 return T

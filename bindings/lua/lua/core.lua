@@ -8,6 +8,7 @@ local select, type, error, setmetatable, getmetatable, tostring =
     select, type, error, setmetatable, getmetatable, tostring
 local unpack = table.unpack or unpack
 local Future = C.Future
+local WAIT = C.WAIT -- yielded before a waiter (light userdata): task.c
 
 local function pack(...)
     return { n = select("#", ...), ... }
@@ -117,7 +118,7 @@ end
 
 -- Waits for a light-userdata waiter; raises only cancellations.
 local function wait(w)
-    local ok, err = yield(w)
+    local ok, err = yield(WAIT, w)
     if not ok and is_cancelled(err) then
         error(err, 0)
     end
@@ -142,7 +143,7 @@ function gfl.sleep(s, ...)
         return ...
     end
     local f, h = C.sleep_timer(s)
-    local ok, err = yield(f)
+    local ok, err = yield(WAIT, f)
     if not ok then
         C.cancel_handle(h)
         error(err, 0)
