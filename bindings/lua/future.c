@@ -41,7 +41,6 @@ gfl_lua_future *gfl_lua_future_push(lua_State *L, gfl_lua_rt *rt, gfl_future *f)
     gfl_lua_future *fu = gfl_newuserdata(L, sizeof *fu);
     fu->f = GFL->future_ref(f);
     fu->task = NULL;
-    fu->err = NULL;
     fu->cbs = NULL;
     luaL_getmetatable(L, GFL_LUA_FUTURE);
     lua_setmetatable(L, -2);
@@ -113,11 +112,6 @@ static int future_gc(lua_State *L)
         if (GFL->future_remove_done_callback(fu->f, done_callback, cb) > 0)
             donecb_free(L, cb);
     }
-    if (fu->err) {
-        gfl_lua_errmap_clear(L, fu->err);
-        GFL->value_unref(fu->err);
-        fu->err = NULL;
-    }
     if (fu->task)
         GFL->task_unref(fu->task); /* holds the task's future too */
     else if (fu->f)
@@ -167,12 +161,9 @@ static int future_set_error(lua_State *L)
     if (!e)
         return luaL_error(L, "set_error: out of memory");
     int rc = GFL->future_set_error(fu->f, e);
-    if (rc < 0) {
-        GFL->value_unref(e);
+    GFL->value_unref(e);
+    if (rc < 0)
         return gfl_lua_fail(L, "set_error", rc);
-    }
-    gfl_lua_errmap_set(L, e, 2);
-    fu->err = e;
     return 0;
 }
 
@@ -306,21 +297,6 @@ static int l_is_future(lua_State *L)
     return 1;
 }
 
-/* The raw gfl_future pointer (light userdata), for C code. */
-static int future_pointer(lua_State *L)
-{
-    lua_pushlightuserdata(L, gfl_lua_future_check(L, 1)->f);
-    return 1;
-}
-
-/* Wraps a gfl_future pointer (light userdata) from C code as an object. */
-static int l_wrap_future(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TLIGHTUSERDATA);
-    gfl_lua_future_push(L, gfl_lua_rt_get(L), lua_touserdata(L, 1));
-    return 1;
-}
-
 static const luaL_Reg future_methods[] = {
     {"set_result", future_set_result},
     {"set_error", future_set_error},
@@ -334,7 +310,6 @@ static const luaL_Reg future_methods[] = {
     {"traceback", future_traceback},
     {"add_done_callback", future_add_done_callback},
     {"is_task", future_is_task},
-    {"pointer", future_pointer},
     {NULL, NULL},
 };
 
@@ -361,8 +336,6 @@ void gfl_lua_open_future(lua_State *L, int internal)
     lua_setfield(L, internal, "future");
     lua_pushcfunction(L, l_is_future);
     lua_setfield(L, internal, "is_future");
-    lua_pushcfunction(L, l_wrap_future);
-    lua_setfield(L, internal, "wrap_future");
 }
 
 /* Resolves (with nil) and drops the future a coroutine waits on, if any:

@@ -33,13 +33,19 @@ struct gfl_lua_rt {
     int owns_loop;  /* we created it: closed with the state */
     int refs;       /* atomic */
     int ref_traceback;  /* debug.traceback */
-    int ref_errmap;     /* [lightuserdata gfl_value*] = Lua error object */
+    int ref_wait_token; /* what the prelude yields before a waiter (task.c) */
+    int ref_array_mt;   /* gfl.array_mt: marks tables that are arrays */
+    int ref_arraylen;   /* weak keys: array table -> length (arrays with nils) */
+    int ref_foreign;    /* weak values: [lightuserdata gfl_value*] = proxy */
+    int ref_errobjects; /* weak values: [lightuserdata gfl_value*] = Error */
+    int ref_errvalues;  /* weak keys: Error table -> holder of its value */
     int ref_error_new;  /* prelude: (type, message, code, traceback) -> Error */
     int ref_error_info; /* prelude: err -> code, type, message */
     int ref_handler;    /* a Lua exception handler, or LUA_NOREF */
     int ref_internal;   /* the table of internals shared with the prelude */
     struct gfl_lua_task *current; /* the task whose step is running */
     struct gfl_lua_dead *dead;    /* Lua objects released off the loop thread */
+    struct gfl_lua_export *exports; /* what this state exported (export.c) */
 };
 
 /* A registry reference to free on the loop thread. */
@@ -57,6 +63,9 @@ void gfl_lua_rt_unref(gfl_lua_rt *rt);
 /* Frees Lua objects whose gfl values died in another thread. */
 void gfl_lua_rt_collect(gfl_lua_rt *rt);
 
+/* Raises the formatted message without a position (for functions the
+ * prelude wraps, where a position would name the prelude). */
+int gfl_lua_raise(lua_State *L, const char *fmt, ...);
 /* Raises a Lua error for a negative GFL code from `what`. */
 int gfl_lua_fail(lua_State *L, const char *what, int code);
 /* Pushes nil, message, code (the I/O failure convention); returns 3. */
@@ -64,24 +73,58 @@ int gfl_lua_push_failure(lua_State *L, int code, const char *message);
 /* The same from an error value (NULL: "closed"). */
 int gfl_lua_push_failure_value(lua_State *L, const gfl_value *error);
 
-/* ---- values (value.c) ---- */
+/* ---- values (value.c, convert.c, error.c) ---- */
 
-/* The Lua host class: packed Lua values {n = k, ...} held in the registry. */
+/* The Lua host class: a registry reference to one Lua value (or, for a
+ * pack of several results, to a {n = k, ...} table). */
 extern const gfl_host_class gfl_lua_class;
-/* Lua values [first, first + n) -> a new gfl value (scalars stay scalars;
- * anything else is a Lua object only this binding unwraps). */
+/* The Lua value at `idx` (any type) as a "lua" object value; NULL when
+ * out of memory. */
+gfl_value *gfl_lua_object_value(lua_State *L, int idx);
+/* Pushes the Lua value of `v` when it is a "lua" object of this state
+ * holding one value, and returns 1; else pushes nothing and returns 0. */
+int gfl_lua_push_own_object(lua_State *L, gfl_value *v);
+/* Futures only Lua reads (gfl.future, task results): values [first,
+ * first + n) -> a new value; scalars stay scalars, anything else is kept
+ * by identity in a "lua" object (several values: all of them). */
 gfl_value *gfl_lua_pack(lua_State *L, int first, int n);
-/* Pushes what `v` holds; returns the number of values pushed. */
+/* Pushes what `v` holds: the values of a "lua" object of this state, else
+ * `v` converted (gfl_lua_push_value); raises when it cannot convert.
+ * Returns the number of values pushed. */
 int gfl_lua_unpack(lua_State *L, gfl_value *v);
-/* Pushes the Lua error object of an error value: the original object when
- * Lua raised it, else a globeflower Error table. */
+
+/* Conversions of values that cross to other hosts (convert.c), per
+ * docs/hosts.md: deep copies of tables, with cycles and nesting deeper
+ * than GFL_VALUE_MAX_DEPTH refused. On failure they leave the stack as it
+ * was, put a message in err[0..errlen) and return NULL / 0. */
+gfl_value *gfl_lua_to_value(lua_State *L, int idx, char *err, size_t errlen);
+int gfl_lua_push_value(lua_State *L, gfl_value *v, char *err, size_t errlen);
+/* The same, raising "<what>: <message>" on failure. */
+gfl_value *gfl_lua_check_value(lua_State *L, int idx, const char *what);
+void gfl_lua_push_value_or_raise(lua_State *L, gfl_value *v, const char *what);
+/* Lua values [first, first + n) converted into an array of values owned
+ * by a userdata this pushes (its __gc drops them); raises "<what>:
+ * argument i: <message>" leaving nothing behind. */
+gfl_value **gfl_lua_check_args(lua_State *L, int first, int n, const char *what);
+/* Drops those values now (the call is made: they were borrowed). */
+void gfl_lua_drop_args(lua_State *L, int idx);
+
+/* Another host's object (or a "lua" object of another state) as a Lua
+ * proxy holding the very value: one proxy per value while it lives. */
+void gfl_lua_push_foreign(lua_State *L, gfl_value *v);
+/* The value of the proxy at `idx` (borrowed), or NULL. */
+gfl_value *gfl_lua_to_foreign(lua_State *L, int idx);
+/* Pushes a userdata holding a reference to `v` (released at __gc). */
+void gfl_lua_push_holder(lua_State *L, gfl_value *v);
+
+/* Pushes the Lua error object of an error value: the original object
+ * when its cause is a Lua object of this state, else a gfl.Error table
+ * that keeps the value (error.c). */
 void gfl_lua_push_error(lua_State *L, gfl_value *error);
 /* The error object at `idx` -> a new error value with `traceback` (may be
- * NULL); remembers the object so gfl_lua_push_error gives it back. *held
- * receives a reference to keep while the mapping is wanted. */
+ * NULL): an Error made from a value gives that very value; anything else
+ * an error whose cause is the object itself (docs/hosts.md). */
 gfl_value *gfl_lua_error_value(lua_State *L, int idx, const char *traceback);
-void gfl_lua_errmap_set(lua_State *L, gfl_value *error, int idx);
-void gfl_lua_errmap_clear(lua_State *L, gfl_value *error);
 /* Reports a Lua error (at the top of L's stack, popped) raised by a
  * callback to the loop's exception handler. */
 void gfl_lua_report(gfl_lua_rt *rt, lua_State *L, const char *message);
@@ -96,7 +139,6 @@ int gfl_lua_call(gfl_lua_rt *rt, lua_State *L, int nargs, int nresults, const ch
 typedef struct gfl_lua_future {
     gfl_future *f;   /* one reference (a task's: the task's future) */
     gfl_task *task;  /* one reference when this is a task */
-    gfl_value *err;  /* an error registered in the errmap, released at __gc */
     struct gfl_lua_donecb *cbs; /* done callbacks still registered */
 } gfl_lua_future;
 
@@ -106,8 +148,15 @@ gfl_lua_future *gfl_lua_future_check(lua_State *L, int idx);
 gfl_future *gfl_lua_to_future(lua_State *L, int idx);
 void gfl_lua_wake_waiter(gfl_future **waiter); /* resolve with nil, drop, clear */
 int gfl_lua_spawn(lua_State *L); /* gfl.spawn(fn, ...) */
+/* A task running the function at `base` with the values above it as
+ * arguments (they are moved into its coroutine); `exported`: its results
+ * cross to other hosts (0 values: nil, 1: it, more: an array; converted).
+ * Pushes the task object and returns the task (borrowed: the object holds
+ * it); raises when the loop is closed. */
+gfl_task *gfl_lua_spawn_at(lua_State *L, int base, int exported);
 
-void gfl_lua_open_value(lua_State *L);
+void gfl_lua_open_value(lua_State *L, int internal);
+void gfl_lua_open_convert(lua_State *L, int internal);
 void gfl_lua_open_future(lua_State *L, int internal);
 void gfl_lua_open_task(lua_State *L, int internal);
 void gfl_lua_open_callbacks(lua_State *L, int internal);
@@ -118,6 +167,10 @@ void gfl_lua_open_dns(lua_State *L, int internal);
 void gfl_lua_open_datagram(lua_State *L, int internal);
 void gfl_lua_open_process(lua_State *L, int internal);
 void gfl_lua_open_tls(lua_State *L, int internal);
+void gfl_lua_open_plugin(lua_State *L, int internal);
+void gfl_lua_open_export(lua_State *L, int internal);
+/* The state is closing: unexports what it exported (export.c). */
+void gfl_lua_unexport_all(gfl_lua_rt *rt);
 
 /* The `tls` (or `ssl`) field of the options table at `opts`: 0 when absent
  * or false; else fills *tls (its context is held by one object this pushes

@@ -7,6 +7,7 @@
 #include "gfl_lua.h"
 
 #include <dlfcn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,7 +84,10 @@ static int rt_gc(lua_State *L)
         return 0;
     *p = NULL;
     gfl_lua_rt_collect(rt);
+    /* Other hosts must not call into a closing state: its exports go
+     * first (their release sees rt->L == NULL and leaves the state be). */
     rt->L = NULL;
+    gfl_lua_unexport_all(rt);
     if (rt->ref_handler != LUA_NOREF)
         GFL->loop_set_exception_handler(rt->loop, NULL, NULL);
     if (rt->owns_loop) {
@@ -96,6 +100,15 @@ static int rt_gc(lua_State *L)
 }
 
 /* ---- shared helpers ---- */
+
+int gfl_lua_raise(lua_State *L, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return lua_error(L);
+}
 
 int gfl_lua_fail(lua_State *L, const char *what, int code)
 {
@@ -237,9 +250,20 @@ int gfl_lua_call(gfl_lua_rt *rt, lua_State *L, int nargs, int nresults, const ch
 
 void gfl_lua_report(gfl_lua_rt *rt, lua_State *L, const char *message)
 {
-    /* debug.traceback turned string errors into "msg\nstack traceback:..." */
-    const char *text = lua_tostring(L, -1);
-    gfl_value *e = gfl_lua_error_value(L, -1, text);
+    /* debug.traceback turned string errors into "msg\nstack traceback:...":
+     * that text is no longer the object raised, so it is reported as a
+     * message and a traceback (a table error goes as itself). */
+    gfl_value *e;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t len;
+        const char *text = lua_tolstring(L, -1, &len);
+        const char *cut = strstr(text, "\nstack traceback:");
+        lua_pushlstring(L, text, cut ? (size_t)(cut - text) : len);
+        e = GFL->value_error(GFL_EUNKNOWN, "LuaError", lua_tostring(L, -1), text);
+        lua_pop(L, 1);
+    } else {
+        e = gfl_lua_error_value(L, -1, NULL);
+    }
     lua_pop(L, 1);
     if (e) {
         GFL->loop_call_exception_handler(rt->loop, message, e);
@@ -367,16 +391,52 @@ static int loop_time(lua_State *L)
     return 1;
 }
 
+/* Pumping the loop from inside a task (or a callback) would run the
+ * loop re-entrantly: refused with one clear message. */
+static void check_outside_loop(lua_State *L, gfl_lua_rt *rt, const char *what)
+{
+    if (rt->current || GFL->loop_is_running(rt->loop) == 1)
+        luaL_error(L, "%s: the loop is already running (called from inside a task or a callback)", what);
+}
+
+/* The number of callbacks run, or raises: an interrupt (a host's
+ * KeyboardInterrupt, say) raises the error it was given. */
+static int pumped(lua_State *L, gfl_lua_rt *rt, const char *what, int n)
+{
+    if (n == GFL_EINTR) {
+        gfl_value *e = GFL->loop_take_interrupt(rt->loop);
+        if (e) {
+            gfl_lua_push_error(L, e);
+            GFL->value_unref(e);
+            return lua_error(L);
+        }
+    }
+    if (n < 0)
+        return gfl_lua_fail(L, what, n);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+/* gfl.run_for(max_seconds) -> callbacks run: non-blocking iterations until
+ * the loop is idle or the budget is spent (a host's frame). */
+static int l_run_for(lua_State *L)
+{
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    double budget = luaL_checknumber(L, 1);
+    if (!(budget >= 0))
+        return luaL_argerror(L, 1, "a number of seconds >= 0 expected");
+    check_outside_loop(L, rt, "gfl.run_for");
+    gfl_lua_rt_collect(rt);
+    return pumped(L, rt, "run_for", GFL->loop_run_for(rt->loop, budget));
+}
+
 static int loop_run_once(lua_State *L)
 {
     gfl_lua_rt *rt = check_loop(L);
     double timeout = luaL_optnumber(L, 2, 0);
+    check_outside_loop(L, rt, "run_once");
     gfl_lua_rt_collect(rt);
-    int n = GFL->loop_run_once(rt->loop, timeout);
-    if (n < 0)
-        return gfl_lua_fail(L, "run_once", n);
-    lua_pushinteger(L, n);
-    return 1;
+    return pumped(L, rt, "run_once", GFL->loop_run_once(rt->loop, timeout));
 }
 
 static int loop_run(lua_State *L)
@@ -434,13 +494,6 @@ static int loop_backend_timeout(lua_State *L)
     return 1;
 }
 
-/* The raw gfl_loop pointer, for C code sharing the loop. */
-static int loop_pointer(lua_State *L)
-{
-    lua_pushlightuserdata(L, check_loop(L)->loop);
-    return 1;
-}
-
 /* gfl.loop(): the loop this state runs on (one object per state). */
 static int l_loop(lua_State *L)
 {
@@ -470,13 +523,13 @@ static const luaL_Reg loop_methods[] = {
     {"get_debug", loop_get_debug},
     {"backend_fd", loop_backend_fd},
     {"backend_timeout", loop_backend_timeout},
-    {"pointer", loop_pointer},
     {NULL, NULL},
 };
 
 static const luaL_Reg module_functions[] = {
     {"loop", l_loop},
     {"time", l_time},
+    {"run_for", l_run_for},
     {"set_exception_handler", l_set_exception_handler},
     {"call_exception_handler", l_call_exception_handler},
     {NULL, NULL},
@@ -491,13 +544,24 @@ static const gfl_api *find_api(lua_State *L)
     lua_pop(L, 1);
     if (!api)
         api = gfl_api_get();
-    if (!api || api->abi_major != GFL_ABI_MAJOR || !GFL_API_HAS(api, start_tls))
+    if (!api || api->abi_major != GFL_ABI_MAJOR || !GFL_API_HAS(api, loop_acquire))
         luaL_error(L, "globeflower: the core's ABI (%d.%d) does not match the module's (%d.%d)",
                    api ? (int)api->abi_major : -1, api ? (int)api->abi_minor : -1,
                    GFL_ABI_MAJOR, GFL_ABI_MINOR);
     if (GFL && GFL != api && GFL->abi_minor != api->abi_minor)
         luaL_error(L, "globeflower: two different cores in one process");
     return api;
+}
+
+/* A registry reference to a new table with weak keys or values. */
+static int weak_table(lua_State *L, const char *mode)
+{
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushstring(L, mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static gfl_lua_rt *open_runtime(lua_State *L)
@@ -512,6 +576,7 @@ static gfl_lua_rt *open_runtime(lua_State *L)
     rt->refs = 1;
     rt->ref_handler = LUA_NOREF;
     rt->ref_error_new = rt->ref_error_info = rt->ref_internal = LUA_NOREF;
+    rt->ref_wait_token = LUA_NOREF;
 
     lua_getfield(L, LUA_REGISTRYINDEX, GFL_LUA_LOOP_KEY);
     gfl_loop *loop = lua_touserdata(L, -1);
@@ -555,8 +620,12 @@ static gfl_lua_rt *open_runtime(lua_State *L)
     lua_getfield(L, -1, "traceback");
     rt->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
-    lua_newtable(L);
-    rt->ref_errmap = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L); /* gfl.array_mt: a marker, no metamethods */
+    rt->ref_array_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    rt->ref_arraylen = weak_table(L, "k");
+    rt->ref_foreign = weak_table(L, "v");
+    rt->ref_errobjects = weak_table(L, "v");
+    rt->ref_errvalues = weak_table(L, "k");
     return rt;
 }
 
@@ -600,7 +669,8 @@ int luaopen_globeflower(lua_State *L)
     rt->ref_internal = luaL_ref(L, LUA_REGISTRYINDEX);
 
     gfl_lua_newclass(L, LOOP_MT, loop_methods, loop_gc);
-    gfl_lua_open_value(L);
+    gfl_lua_open_value(L, internal);
+    gfl_lua_open_convert(L, internal);
     gfl_lua_open_future(L, internal);
     gfl_lua_open_task(L, internal);
     gfl_lua_open_callbacks(L, internal);
@@ -611,6 +681,10 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_datagram(L, internal);
     gfl_lua_open_process(L, internal);
     gfl_lua_open_tls(L, internal);
+    gfl_lua_open_plugin(L, internal);
+    gfl_lua_open_export(L, internal);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
+    lua_setfield(L, gfl, "array_mt");
 
     lua_pushinteger(L, GFL_ABI_MAJOR);
     lua_setfield(L, gfl, "ABI_MAJOR");

@@ -15,6 +15,7 @@
  */
 #include "gfl_lua.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 typedef struct gfl_lua_task {
@@ -24,6 +25,7 @@ typedef struct gfl_lua_task {
     int self_ref;     /* the task object */
     gfl_lua_future *fu; /* valid while self_ref is held */
     int started;
+    int exported; /* runs an export: results cross to other hosts */
 } gfl_lua_task;
 
 static void task_release(void *ud)
@@ -50,6 +52,50 @@ static void fail_with(gfl_task *t, int code, const char *message)
     }
 }
 
+/* An export's results (on L from base + 1): none gives nil, one gives it,
+ * several an array of them, all converted for other hosts; a result that
+ * does not convert fails the call with a ValueError saying why. */
+static void exported_return(gfl_task *t, lua_State *L, int base, int nres)
+{
+    char err[256];
+    gfl_value *v;
+    if (nres <= 1) {
+        if (nres == 0)
+            lua_pushnil(L);
+        v = gfl_lua_to_value(L, base + 1, err, sizeof err);
+    } else {
+        lua_createtable(L, nres, 0);
+        int t = lua_gettop(L);
+        for (int i = 1; i <= nres; i++) {
+            lua_pushvalue(L, base + i);
+            lua_rawseti(L, t, i);
+        }
+        /* An array of exactly nres items, nils included. */
+        gfl_lua_rt *rt = gfl_lua_rt_get(L);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
+        lua_setmetatable(L, t);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_arraylen);
+        lua_pushvalue(L, t);
+        lua_pushinteger(L, nres);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+        v = gfl_lua_to_value(L, t, err, sizeof err);
+    }
+    lua_settop(L, base);
+    if (!v) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "the export's result: %s", err);
+        gfl_value *e = GFL->value_error(GFL_EINVAL, "ValueError", msg, NULL);
+        if (e) {
+            GFL->task_fail(t, e);
+            GFL->value_unref(e);
+        }
+        return;
+    }
+    GFL->task_return(t, v);
+    GFL->value_unref(v);
+}
+
 /* The coroutine yielded something that is not a future. A plain yield
  * cannot raise inside the coroutine (awaits report errors as values), so
  * the task fails with the error. */
@@ -57,6 +103,29 @@ static void await_error(gfl_lua_rt *rt, gfl_task *t, const char *message)
 {
     (void)rt;
     fail_with(t, GFL_EINVAL, message);
+}
+
+/* What a task's coroutine awaits: a future object, or (from the
+ * prelude only) the private token followed by a light userdata naming a
+ * gfl_future the binding owns. A light userdata alone is refused: a
+ * script must not make the step read any address as a future. */
+static gfl_future *yielded_future(gfl_lua_rt *rt, lua_State *co, int nres)
+{
+    int first = lua_gettop(co) - nres + 1;
+    if (nres == 2 && lua_type(co, first) == LUA_TTABLE) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, rt->ref_wait_token);
+        int ours = lua_rawequal(co, -1, first);
+        lua_pop(co, 1);
+        if (!ours)
+            return NULL;
+        if (lua_type(co, first + 1) == LUA_TLIGHTUSERDATA)
+            return lua_touserdata(co, first + 1);
+        first++; /* a future object */
+    }
+    if (lua_type(co, first) != LUA_TUSERDATA)
+        return NULL;
+    gfl_lua_future *fu = gfl_testudata(co, first, GFL_LUA_FUTURE);
+    return fu ? fu->f : NULL;
 }
 
 static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
@@ -103,7 +172,7 @@ static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
         if (nres == 0) {
             /* bare yield: step again next iteration */
         } else {
-            gfl_future *f = gfl_lua_to_future(co, -nres);
+            gfl_future *f = yielded_future(rt, co, nres);
             if (!f) {
                 await_error(rt, t, "a task yielded something that is not a future (use gfl.sleep(0) to yield)");
             } else {
@@ -119,8 +188,16 @@ static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
     /* Finished: work on L (no calls may run on a dead coroutine). */
     int base = lua_gettop(L);
     if (status == 0) {
-        luaL_checkstack(L, nres + LUA_MINSTACK, "too many results");
+        if (!lua_checkstack(L, nres + LUA_MINSTACK)) {
+            lua_settop(co, 0);
+            fail_with(t, GFL_ENOMEM, "too many results");
+            return;
+        }
         lua_xmove(co, L, nres);
+        if (lt->exported) {
+            exported_return(t, L, base, nres);
+            return;
+        }
         gfl_value *v = gfl_lua_pack(L, base + 1, nres);
         lua_settop(L, base);
         if (!v) {
@@ -142,38 +219,27 @@ static void task_step(gfl_task *t, void *ud, gfl_value *value, gfl_value *error)
         lua_pushnil(L); /* debug.traceback leaves non-strings alone */
     lua_call(L, 2, 1);
     gfl_value *e = gfl_lua_error_value(L, err, lua_tostring(L, -1));
+    lua_settop(L, base);
     if (!e) {
-        lua_settop(L, base);
         fail_with(t, GFL_ENOMEM, "out of memory");
         return;
     }
-    gfl_lua_errmap_set(L, e, err);
-    lua_settop(L, base);
-    if (lt->fu->err) {
-        gfl_lua_errmap_clear(L, lt->fu->err);
-        GFL->value_unref(lt->fu->err);
-    }
-    lt->fu->err = GFL->value_ref(e);
     GFL->task_fail(t, e);
     GFL->value_unref(e);
 }
 
-/* gfl.spawn(fn, ...) -> task: runs fn(...) as a task from the next
- * iteration on (asyncio's create_task). */
-int gfl_lua_spawn(lua_State *L)
+gfl_task *gfl_lua_spawn_at(lua_State *L, int base, int exported)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    int n = lua_gettop(L);
+    int n = lua_gettop(L) - base + 1; /* the function and its arguments */
     gfl_lua_task *lt = calloc(1, sizeof *lt);
     if (!lt)
-        return luaL_error(L, "spawn: out of memory");
+        return luaL_error(L, "spawn: out of memory"), NULL;
     lt->co = lua_newthread(L);
     lt->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    for (int i = 1; i <= n; i++)
-        lua_pushvalue(L, i);
     lua_xmove(L, lt->co, n);
     lt->rt = rt;
+    lt->exported = exported;
     gfl_lua_rt_ref(rt);
 
     gfl_task *t = GFL->task_new(rt->loop, task_step, lt, task_release);
@@ -181,7 +247,7 @@ int gfl_lua_spawn(lua_State *L)
         luaL_unref(L, LUA_REGISTRYINDEX, lt->co_ref);
         gfl_lua_rt_unref(rt);
         free(lt);
-        return luaL_error(L, "spawn: the loop is closed");
+        return luaL_error(L, "spawn: the loop is closed"), NULL;
     }
     gfl_lua_future *fu = gfl_lua_future_push(L, rt, GFL->task_future(t));
     GFL->future_unref(fu->f); /* the task reference below holds it */
@@ -189,6 +255,15 @@ int gfl_lua_spawn(lua_State *L)
     lt->fu = fu;
     lua_pushvalue(L, -1);
     lt->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return t;
+}
+
+/* gfl.spawn(fn, ...) -> task: runs fn(...) as a task from the next
+ * iteration on (asyncio's create_task). */
+int gfl_lua_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    gfl_lua_spawn_at(L, 1, 0);
     return 1;
 }
 
@@ -232,6 +307,14 @@ static int l_loop_running(lua_State *L)
 
 void gfl_lua_open_task(lua_State *L, int internal)
 {
+    /* The token the prelude yields before a waiter (see yielded_future). */
+    gfl_lua_rt *rt = gfl_lua_rt_get(L);
+    if (rt->ref_wait_token == LUA_NOREF) {
+        lua_newtable(L);
+        rt->ref_wait_token = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_wait_token);
+    lua_setfield(L, internal, "WAIT");
     lua_pushcfunction(L, gfl_lua_spawn);
     lua_setfield(L, internal, "spawn");
     lua_pushcfunction(L, l_current_task);

@@ -1,12 +1,14 @@
 /*
- * Lua values <-> gfl values, and Lua error objects <-> error values.
+ * Lua's own values in gfl values: the "lua" host class, foreign-object
+ * proxies, and the packing of futures only Lua reads.
  *
- * Scalars cross as scalars so other hosts (Python) can read them; anything
- * else (tables, functions, several values) travels as a "lua" host object:
- * a packed {n = k, ...} table in the registry that only this binding
- * unwraps. Error values carry type, message and traceback; the original
- * Lua error object (a string, a table...) is remembered in the errmap so an
- * awaiting Lua coroutine gets back exactly what was raised.
+ * A "lua" object is a registry reference to one Lua value (a table with a
+ * metatable, a function, a coroutine, a userdata, an error object...), so
+ * it comes home as the very same value. Another host's object (or a "lua"
+ * object of another lua_State) arrives as a proxy userdata holding the very
+ * gfl_value, so sending the proxy on sends that value (identity across any
+ * number of hops). Data conversions (tables <-> arrays and maps) are in
+ * convert.c; errors in error.c.
  */
 #include "gfl_lua.h"
 
@@ -15,10 +17,11 @@
 #include <string.h>
 
 struct lua_object {
-    gfl_lua_rt *rt;
-    int ref;
-    int refs; /* atomic: values holding it */
-    pthread_t thread;
+    gfl_lua_rt *rt;   /* one reference */
+    int ref;          /* the value, or for n > 1 a {n = k, ...} table */
+    int n;            /* values held: 1, or a pack of several results */
+    int refs;         /* atomic: values holding it */
+    pthread_t thread; /* the state's thread: where the registry may be used */
 };
 
 static void object_ref(void *p)
@@ -53,42 +56,18 @@ const gfl_host_class gfl_lua_class = {
     sizeof(gfl_host_class), "lua", object_ref, object_unref,
 };
 
-gfl_value *gfl_lua_pack(lua_State *L, int first, int n)
+/* The value on the top of L's stack (popped) as a "lua" object of n values. */
+static gfl_value *object_from_top(lua_State *L, int n)
 {
-    if (n == 0)
-        return GFL->value_nil();
-    if (n == 1) {
-        switch (lua_type(L, first)) {
-        case LUA_TNIL:
-            return GFL->value_nil();
-        case LUA_TBOOLEAN:
-            return GFL->value_bool(lua_toboolean(L, first));
-        case LUA_TNUMBER:
-            if (gfl_isinteger(L, first) && LUA_VERSION_NUM >= 503)
-                return GFL->value_int((int64_t)lua_tointeger(L, first));
-            return GFL->value_double((double)lua_tonumber(L, first));
-        case LUA_TSTRING: {
-            size_t len;
-            const char *s = lua_tolstring(L, first, &len);
-            return GFL->value_string(s, len);
-        }
-        default:
-            break;
-        }
-    }
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
     struct lua_object *o = malloc(sizeof *o);
-    if (!o)
+    if (!o) {
+        lua_pop(L, 1);
         return NULL;
-    lua_createtable(L, n, 1);
-    for (int i = 0; i < n; i++) {
-        lua_pushvalue(L, first + i);
-        lua_rawseti(L, -2, i + 1);
     }
-    lua_pushinteger(L, n);
-    lua_setfield(L, -2, "n");
     o->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     o->rt = rt;
+    o->n = n;
     o->refs = 0;
     o->thread = pthread_self();
     gfl_lua_rt_ref(rt);
@@ -101,168 +80,185 @@ gfl_value *gfl_lua_pack(lua_State *L, int first, int n)
     return v;
 }
 
-/* ---- opaque values of other hosts (and of the core) ---- */
-
-#define VALUE_MT "globeflower.Value"
-
-static int value_gc(lua_State *L)
+gfl_value *gfl_lua_object_value(lua_State *L, int idx)
 {
-    gfl_value **p = gfl_lua_checkself(L, 1, VALUE_MT);
-    if (*p)
-        GFL->value_unref(*p);
-    *p = NULL;
-    return 0;
+    lua_pushvalue(L, idx);
+    return object_from_top(L, 1);
 }
 
-static int value_class(lua_State *L)
+/* The lua_object of `v` when it is one of this state's, else NULL. */
+static struct lua_object *own_object(lua_State *L, gfl_value *v)
 {
-    gfl_value **p = gfl_lua_checkself(L, 1, VALUE_MT);
-    const gfl_host_class *cls = *p ? GFL->value_object_class(*p) : NULL;
-    lua_pushstring(L, cls && cls->name ? cls->name : "?");
+    void *p;
+    if (GFL->value_get_object(v, &gfl_lua_class, &p) != 0)
+        return NULL;
+    struct lua_object *o = p;
+    gfl_lua_rt **slot = gfl_lua_rt_slot(L);
+    return slot && *slot == o->rt ? o : NULL;
+}
+
+int gfl_lua_push_own_object(lua_State *L, gfl_value *v)
+{
+    struct lua_object *o = own_object(L, v);
+    if (!o || o->n != 1)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
     return 1;
 }
 
-static int value_tostring(lua_State *L)
+/* Scalars as convert.c makes them (a number or string at `idx`). */
+static gfl_value *scalar_value(lua_State *L, int idx)
 {
-    gfl_value **p = gfl_lua_checkself(L, 1, VALUE_MT);
-    const gfl_host_class *cls = *p ? GFL->value_object_class(*p) : NULL;
-    lua_pushfstring(L, "globeflower.Value(%s): %p", cls && cls->name ? cls->name : "?", (void *)*p);
-    return 1;
+    char err[64];
+    return gfl_lua_to_value(L, idx, err, sizeof err);
+}
+
+gfl_value *gfl_lua_pack(lua_State *L, int first, int n)
+{
+    if (n == 0)
+        return GFL->value_nil();
+    if (n == 1) {
+        switch (lua_type(L, first)) {
+        case LUA_TNIL:
+            return GFL->value_nil();
+        case LUA_TBOOLEAN:
+            return GFL->value_bool(lua_toboolean(L, first));
+        case LUA_TNUMBER:
+        case LUA_TSTRING:
+            return scalar_value(L, first);
+        default:
+            return gfl_lua_object_value(L, first);
+        }
+    }
+    lua_createtable(L, n, 1);
+    for (int i = 0; i < n; i++) {
+        lua_pushvalue(L, first + i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    return object_from_top(L, n);
 }
 
 int gfl_lua_unpack(lua_State *L, gfl_value *v)
 {
-    switch (GFL->value_type_of(v)) {
-    case GFL_VALUE_BOOL: {
-        int b = 0;
-        GFL->value_get_bool(v, &b);
-        lua_pushboolean(L, b);
+    struct lua_object *o = GFL->value_type_of(v) == GFL_VALUE_OBJECT ? own_object(L, v) : NULL;
+    if (!o) {
+        gfl_lua_push_value_or_raise(L, v, "value");
         return 1;
     }
-    case GFL_VALUE_INT: {
-        int64_t i = 0;
-        GFL->value_get_int(v, &i);
-        lua_pushinteger(L, (lua_Integer)i);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
+    if (o->n == 1)
         return 1;
-    }
-    case GFL_VALUE_DOUBLE: {
-        double d = 0;
-        GFL->value_get_double(v, &d);
-        lua_pushnumber(L, d);
-        return 1;
-    }
-    case GFL_VALUE_BYTES:
-    case GFL_VALUE_STRING: {
-        const char *s;
-        size_t len;
-        GFL->value_get_bytes(v, &s, &len);
-        lua_pushlstring(L, s, len);
-        return 1;
-    }
-    case GFL_VALUE_ERROR:
-        gfl_lua_push_error(L, v);
-        return 1;
-    case GFL_VALUE_OBJECT: {
-        void *p;
-        if (GFL->value_get_object(v, &gfl_lua_class, &p) == 0) {
-            struct lua_object *o = p;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, o->ref);
-            int t = lua_gettop(L);
-            lua_getfield(L, t, "n");
-            int n = (int)lua_tointeger(L, -1);
-            lua_pop(L, 1);
-            luaL_checkstack(L, n, "too many results");
-            for (int i = 1; i <= n; i++)
-                lua_rawgeti(L, t, i);
-            lua_remove(L, t);
-            return n;
-        }
-        gfl_value **u = gfl_newuserdata(L, sizeof *u);
-        *u = GFL->value_ref(v);
-        luaL_getmetatable(L, VALUE_MT);
-        lua_setmetatable(L, -2);
-        return 1;
-    }
-    default:
-        lua_pushnil(L);
-        return 1;
-    }
+    int t = lua_gettop(L);
+    luaL_checkstack(L, o->n, "too many results");
+    for (int i = 1; i <= o->n; i++)
+        lua_rawgeti(L, t, i);
+    lua_remove(L, t);
+    return o->n;
 }
 
-/* ---- errors ---- */
+/* ---- proxies and holders ---- */
 
-void gfl_lua_push_error(lua_State *L, gfl_value *error)
+#define FOREIGN_MT "globeflower.foreign"
+#define HOLDER_MT "globeflower.holder"
+
+static int holder_gc(lua_State *L)
+{
+    gfl_value **p = lua_touserdata(L, 1);
+    if (p && *p)
+        GFL->value_unref(*p);
+    if (p)
+        *p = NULL;
+    return 0;
+}
+
+void gfl_lua_push_holder(lua_State *L, gfl_value *v)
+{
+    gfl_value **p = gfl_newuserdata(L, sizeof *p);
+    *p = NULL;
+    luaL_getmetatable(L, HOLDER_MT);
+    lua_setmetatable(L, -2);
+    *p = GFL->value_ref(v);
+}
+
+static const char *class_name(gfl_value *v)
+{
+    const gfl_host_class *cls = v ? GFL->value_object_class(v) : NULL;
+    return cls && cls->name ? cls->name : "?";
+}
+
+void gfl_lua_push_foreign(lua_State *L, gfl_value *v)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_errmap);
-    lua_pushlightuserdata(L, error);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_foreign);
+    lua_pushlightuserdata(L, v);
     lua_rawget(L, -2);
-    lua_remove(L, -2);
-    if (!lua_isnil(L, -1))
+    if (!lua_isnil(L, -1)) {
+        lua_remove(L, -2);
         return;
+    }
     lua_pop(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_error_new);
-    const char *type = GFL->value_error_type(error);
-    const char *msg = GFL->value_error_message(error);
-    const char *tb = GFL->value_error_traceback(error);
-    lua_pushstring(L, type ? type : "Error");
-    lua_pushstring(L, msg ? msg : "");
-    lua_pushinteger(L, GFL->value_error_code(error));
-    if (tb)
-        lua_pushstring(L, tb);
-    else
-        lua_pushnil(L);
-    lua_call(L, 4, 1);
+    gfl_value **p = gfl_newuserdata(L, sizeof *p);
+    *p = NULL;
+    luaL_getmetatable(L, FOREIGN_MT);
+    lua_setmetatable(L, -2);
+    *p = GFL->value_ref(v);
+    /* One proxy per value while it lives: the value cannot be freed (and
+     * its address reused) before the proxy, which holds it. */
+    lua_pushlightuserdata(L, v);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+    lua_remove(L, -2);
 }
 
-gfl_value *gfl_lua_error_value(lua_State *L, int idx, const char *traceback)
+gfl_value *gfl_lua_to_foreign(lua_State *L, int idx)
 {
-    gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_error_info);
-    lua_pushvalue(L, idx);
-    lua_call(L, 1, 3); /* code, type, message */
-    int code = (int)lua_tointeger(L, -3);
-    const char *type = lua_tostring(L, -2);
-    const char *message = lua_tostring(L, -1);
-    gfl_value *e = GFL->value_error(code < 0 ? code : GFL_EUNKNOWN, type, message, traceback);
-    lua_pop(L, 3);
-    return e;
+    gfl_value **p = gfl_testudata(L, idx, FOREIGN_MT);
+    return p ? *p : NULL;
 }
 
-void gfl_lua_errmap_set(lua_State *L, gfl_value *error, int idx)
+static int foreign_class(lua_State *L)
 {
-    gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_errmap);
-    lua_pushlightuserdata(L, error);
-    lua_pushvalue(L, idx);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
+    gfl_value **p = gfl_lua_checkself(L, 1, FOREIGN_MT);
+    lua_pushstring(L, class_name(*p));
+    return 1;
 }
 
-void gfl_lua_errmap_clear(lua_State *L, gfl_value *error)
+static int foreign_tostring(lua_State *L)
 {
-    gfl_lua_rt **p = gfl_lua_rt_slot(L);
-    if (!p || !*p)
-        return; /* closing: the errmap goes with the state */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, (*p)->ref_errmap);
-    lua_pushlightuserdata(L, error);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
+    gfl_value **p = gfl_lua_checkself(L, 1, FOREIGN_MT);
+    lua_pushfstring(L, "globeflower.foreign: %s object", class_name(*p));
+    return 1;
 }
 
-static const luaL_Reg value_methods[] = {
-    {"class", value_class},
+static const luaL_Reg foreign_methods[] = {
+    {"class", foreign_class},
     {NULL, NULL},
 };
 
-void gfl_lua_open_value(lua_State *L)
+/* gfl.is_foreign(x) -> the class name ("python") of a proxy, else false */
+static int l_is_foreign(lua_State *L)
 {
-    gfl_lua_newclass(L, VALUE_MT, value_methods, value_gc);
-    luaL_getmetatable(L, VALUE_MT);
-    lua_pushcfunction(L, value_tostring);
+    gfl_value *v = gfl_lua_to_foreign(L, 1);
+    if (v)
+        lua_pushstring(L, class_name(v));
+    else
+        lua_pushboolean(L, 0);
+    return 1;
+}
+
+void gfl_lua_open_value(lua_State *L, int internal)
+{
+    gfl_lua_newclass(L, FOREIGN_MT, foreign_methods, holder_gc);
+    luaL_getmetatable(L, FOREIGN_MT);
+    lua_pushcfunction(L, foreign_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
+    luaL_newmetatable(L, HOLDER_MT);
+    lua_pushcfunction(L, holder_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_is_foreign);
+    lua_setfield(L, internal, "is_foreign");
 }

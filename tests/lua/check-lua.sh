@@ -43,4 +43,31 @@ if [ -n "${GFL_LUA_HOST_DIR:-}" ] && [ -x "$engine" ]; then
         fi
     done
 fi
+# Two states on one loop (tests/lua/two_states.c), in every teardown
+# order; under valgrind too with GFL_LUA_VALGRIND (PUC Lua hosts only).
+two="$abs_top_builddir/tests/lua/two_states"
+if [ -n "${GFL_LUA_HOST_DIR:-}" ] && [ -x "$two" ]; then
+    cpath="$abs_top_builddir/bindings/lua/$GFL_LUA_HOST_DIR/.libs/?.so"
+    for order in --close-a-first --close-b-first --free-loop-first; do
+        if LUA_CPATH="$cpath" "$two" $order; then
+            echo "two_states $order: 1 passed, 0 failed"
+        else
+            echo "two_states $order: 0 passed, 1 failed"
+            status=1
+        fi
+        if [ -n "${GFL_LUA_VALGRIND:-}" ] && [ "$GFL_LUA_HOST_DIR" != luajit ]; then
+            log="$abs_top_builddir/tests/lua/valgrind-two_states$order.log"
+            if LUA_CPATH="$cpath" ${VALGRIND:-valgrind} --error-exitcode=99 --leak-check=full \
+                --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+                --suppressions="$abs_top_srcdir/tests/valgrind.supp" \
+                --suppressions="$abs_top_srcdir/tests/lua/valgrind.supp" --log-file="$log" \
+                "$two" $order >/dev/null; then
+                echo "valgrind two_states $order: 1 passed, 0 failed"
+            else
+                echo "valgrind two_states $order: 0 passed, 1 failed (see $log)"
+                status=1
+            fi
+        fi
+    done
+fi
 exit $status

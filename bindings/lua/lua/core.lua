@@ -8,6 +8,7 @@ local select, type, error, setmetatable, getmetatable, tostring =
     select, type, error, setmetatable, getmetatable, tostring
 local unpack = table.unpack or unpack
 local Future = C.Future
+local WAIT = C.WAIT -- yielded before a waiter (light userdata): task.c
 
 local function pack(...)
     return { n = select("#", ...), ... }
@@ -38,16 +39,34 @@ local function new_error(etype, message, code, traceback)
 end
 C.error_new = new_error
 
--- What the core records of a Lua error object: code, type, message.
-function C.error_info(err)
-    if getmetatable(err) == Error then
-        return err.code or EUNKNOWN, err.type, err.message
-    end
-    if type(err) == "table" and type(err.message) == "string" then
-        local code = tonumber(err.code)
-        return (code and code < 0) and code or EUNKNOWN, tostring(err.type or "LuaError"), err.message
+-- What the core records of a Lua error object: code, type, message
+-- (docs/hosts.md: type is the table's string field `type`, else
+-- "LuaError"; message its `message` string, else its text). Runs from C
+-- where an error must not escape: a __tostring or __index that fails
+-- gives a plain description instead.
+local function error_info(err)
+    if type(err) == "table" then
+        local etype, message, code = err.type, err.message, tonumber(err.code)
+        if type(etype) ~= "string" then
+            etype = "LuaError"
+        end
+        if type(message) ~= "string" then
+            message = tostring(err)
+        end
+        if not (code and code < 0 and code >= -2147483647 and code == math.floor(code)) then
+            code = EUNKNOWN
+        end
+        return code, etype, message
     end
     return EUNKNOWN, "LuaError", tostring(err)
+end
+
+function C.error_info(err)
+    local ok, code, etype, message = pcall(error_info, err)
+    if ok then
+        return code, etype, message
+    end
+    return EUNKNOWN, "LuaError", "(a " .. type(err) .. " error object that cannot be described)"
 end
 
 --- gfl.new_error(type, message [, code]) -> an Error object to raise
@@ -99,7 +118,7 @@ end
 
 -- Waits for a light-userdata waiter; raises only cancellations.
 local function wait(w)
-    local ok, err = yield(w)
+    local ok, err = yield(WAIT, w)
     if not ok and is_cancelled(err) then
         error(err, 0)
     end
@@ -124,7 +143,7 @@ function gfl.sleep(s, ...)
         return ...
     end
     local f, h = C.sleep_timer(s)
-    local ok, err = yield(f)
+    local ok, err = yield(WAIT, f)
     if not ok then
         C.cancel_handle(h)
         error(err, 0)
@@ -134,7 +153,6 @@ end
 
 gfl.future = C.future
 gfl.is_future = C.is_future
-gfl.wrap_future = C.wrap_future
 gfl.spawn = C.spawn
 gfl.create_task = C.spawn
 gfl.current_task = C.current_task
@@ -146,6 +164,65 @@ gfl.remove_signal_handler = C.remove_signal_handler
 gfl.signals = C.signals
 for k, v in pairs(C.constants) do
     gfl[k] = v
+end
+
+---------------------------------------------------------------------------
+-- Many hosts on one loop (docs/hosts.md): values, exports, plugins.
+
+gfl.array = C.array
+gfl.is_array = C.is_array
+gfl.is_foreign = C.is_foreign
+gfl.export = C.export
+gfl.unexport = C.unexport
+gfl.exports = C.exports
+
+--- gfl.call(name, ...) -> the result of the export `name` (any host's);
+--- waits inside a task, raises its error.
+function gfl.call(name, ...)
+    check_task()
+    return C.call(name, ...):await()
+end
+
+-- Plugin objects: one per name and state while reachable; their
+-- functions keep the plugin loaded (its handle), even taken out of it.
+local plugin_info = setmetatable({}, { __mode = "k" }) -- object -> info
+local plugin_cache = setmetatable({}, { __mode = "v" }) -- name -> object
+local Plugin = {}
+Plugin.__tostring = function(p)
+    return "globeflower.plugin: " .. plugin_info[p].name
+end
+
+--- gfl.plugin(name [, path]) -> an object whose fields are the plugin's
+--- functions: sync ones return their result, async ones wait (inside a
+--- task); both raise the function's error.
+function gfl.plugin(name, path)
+    if type(name) ~= "string" then
+        error("gfl.plugin: a plugin name (a string) expected, got " .. type(name), 2)
+    end
+    if path ~= nil and type(path) ~= "string" then
+        error("gfl.plugin: the path must be a string, got " .. type(path), 2)
+    end
+    local p = plugin_cache[name]
+    if p then
+        return p
+    end
+    local handle, functions = C.plugin_load(name, path)
+    p = {}
+    for fname, async in pairs(functions) do
+        if async then
+            p[fname] = function(...)
+                check_task()
+                return C.plugin_call_async(handle, fname, ...):await()
+            end
+        else
+            p[fname] = function(...)
+                return C.plugin_call(handle, fname, ...)
+            end
+        end
+    end
+    plugin_info[p] = { handle = handle, name = C.plugin_name(handle) }
+    plugin_cache[name] = setmetatable(p, Plugin)
+    return p
 end
 
 ---------------------------------------------------------------------------
@@ -184,14 +261,21 @@ if yieldable_pcall then
         end, handler)
     end
 else
+    -- coroutine.create takes Lua functions only: C functions get a wrapper.
+    local function lua_function(f)
+        if type(f) == "function" and debug.getinfo(f, "S").what == "C" then
+            return function(...) return f(...) end
+        end
+        return f
+    end
     gfl.pcall = function(f, ...)
-        local co = coroutine.create(f)
+        local co = coroutine.create(lua_function(f))
         return unpack(forward(co, pack(coroutine.resume(co, ...))))
     end
     -- The handler runs after the stack unwound; debug.traceback as the
     -- handler still gets the failing coroutine's traceback.
     gfl.xpcall = function(f, handler, ...)
-        local co = coroutine.create(f)
+        local co = coroutine.create(lua_function(f))
         local res = forward(co, pack(coroutine.resume(co, ...)))
         if res[1] then
             return unpack(res, 1, res.n)

@@ -3,6 +3,7 @@
 local gfl, C = ...
 
 local yield = coroutine.yield
+local WAIT = C.WAIT
 local type, error, setmetatable = type, error, setmetatable
 local wait = C.wait
 local Stream, Server, Future = C.Stream, C.Server, C.Future
@@ -23,7 +24,7 @@ local function waiting(method)
     return function(self, a1, a2)
         local r, w, c, p = method(self, a1, a2)
         while r == false do
-            local ok, err = yield(w)
+            local ok, err = yield(WAIT, w)
             if not ok then
                 error(err, 0)
             end
@@ -53,7 +54,7 @@ function Stream.read(self, n)
         return r
     end
     while r == false do
-        local ok, err = yield(w)
+        local ok, err = yield(WAIT, w)
         if not ok then
             error(err, 0)
         end
@@ -78,7 +79,7 @@ function Stream.drain(self)
         return r
     end
     while r == false do
-        local ok, err = yield(w)
+        local ok, err = yield(WAIT, w)
         if not ok then
             error(err, 0)
         end
