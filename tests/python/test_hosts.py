@@ -641,6 +641,33 @@ class TestCancellation(HostsTestCase):
         self.assertEqual(events, ["relay cancelled"])
 
 
+    def test_closing_the_loop_with_calls_pending(self):
+        # Pending calls hold Python objects in the core and the core future
+        # in asyncio's callbacks: closing the loop lets all of it go.
+        class Thing:
+            pass
+
+        loop = globeflower.new_event_loop()
+        started = asyncio.Event()
+
+        async def forever(x):
+            started.set()
+            await asyncio.sleep(3600)
+
+        globeflower.export("t.forever", forever, loop=loop)
+        obj = Thing()
+        refs = [weakref.ref(obj)]
+        futs = [self.ex.sleep_then_echo(3600, [obj], loop=loop), globeflower.call("t.forever", obj, loop=loop)]
+        refs += [weakref.ref(f) for f in futs]
+        loop.run_until_complete(started.wait())
+        del obj, futs, forever
+        with self.assertLogs("asyncio", "ERROR") as logs:  # as on any loop closed with tasks pending
+            loop.close()
+            gc.collect()
+        self.assertIn("Task was destroyed but it is pending", "\n".join(logs.output))
+        self.assertEqual([r() for r in refs], [None] * len(refs))
+
+
 class TestPlugins(HostsTestCase):
     def test_module_like(self):
         ex = self.ex

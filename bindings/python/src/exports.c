@@ -146,6 +146,12 @@ void gflpy_exports_loop_closing(gflpy_loop *loop)
     unexport_all(loop);
 }
 
+void gflpy_hosts_loop_closing(gflpy_loop *loop)
+{
+    gflpy_exports_loop_closing(loop);
+    gflpy_futures_loop_closing(loop);
+}
+
 /* ------------------------------------------------------------------ */
 /* Entry points the core calls                                          */
 

@@ -106,11 +106,25 @@ static int call_method_none(PyObject *o, PyObject *name)
 }
 
 /* Reports an error raised inside a core -> Python callback: nobody called
- * us, so it goes where asyncio sends errors nobody can catch. */
-static void report_unraisable(PyObject *where)
+ * us, so it goes where asyncio sends errors nobody can catch. Except when
+ * the asyncio future's loop closed meanwhile (a C host's loop outlives
+ * Python's): then there is nobody left to tell. */
+static void report_unraisable(PyObject *pyfut)
 {
-    if (PyErr_Occurred())
-        PyErr_WriteUnraisable(where);
+    if (!PyErr_Occurred())
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *loop = PyObject_CallMethod(pyfut, "get_loop", NULL);
+    int closed = loop && PyObject_TypeCheck(loop, gflpy_LoopType) &&
+                 (((gflpy_loop *)loop)->closed || !((gflpy_loop *)loop)->core);
+    Py_XDECREF(loop);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    if (closed)
+        PyErr_Clear();
+    else
+        PyErr_WriteUnraisable(pyfut);
 }
 
 /* release(arg) of our core done callbacks: the asyncio future reference. */
@@ -126,29 +140,72 @@ static void release_pyobject(void *arg)
 /* ------------------------------------------------------------------ */
 /* The asyncio-side link: a callable holding the core future            */
 
-typedef struct {
+typedef struct future_link {
     PyObject_HEAD
     gfl_future *core; /* a reference */
     int to_core;      /* 1: settles `core` from the asyncio future; 0: only
                        * cancels `core` when the asyncio future was cancelled */
+    gflpy_loop *loop; /* borrowed: links are cancelled when it closes */
+    struct future_link *prev, *next; /* every live link (under the GIL) */
 } future_link;
 
-static PyObject *link_new(gfl_future *core, int to_core)
+static future_link *links_head;
+
+static PyObject *link_new(gflpy_loop *loop, gfl_future *core, int to_core)
 {
     future_link *self = PyObject_New(future_link, future_link_type);
     if (!self)
         return NULL;
     self->core = API->future_ref(core);
     self->to_core = to_core;
+    self->loop = loop;
+    self->prev = NULL;
+    self->next = links_head;
+    if (links_head)
+        links_head->prev = self;
+    links_head = self;
     return (PyObject *)self;
 }
 
 static void link_dealloc(future_link *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (self->prev)
+        self->prev->next = self->next;
+    else if (links_head == self)
+        links_head = self->next;
+    if (self->next)
+        self->next->prev = self->prev;
     API->future_unref(self->core);
     PyObject_Free(self);
     Py_DECREF(tp);
+}
+
+/* The loop is closing: cancel the core futures still pending between it
+ * and other hosts. Nobody could settle them once the loop is gone, and a
+ * pending pair holds itself (asyncio future -> link -> core future -> our
+ * done callback -> asyncio future) through C, out of the GC's sight:
+ * cancelling drops the core callback, and with it the cycle. */
+void gflpy_futures_loop_closing(gflpy_loop *loop)
+{
+    size_t n = 0, i = 0;
+    for (future_link *l = links_head; l; l = l->next)
+        n += l->loop == loop && API->future_state_of(l->core) == GFL_FUTURE_PENDING;
+    if (!n)
+        return;
+    /* Collected first: cancelling releases references, which may free links. */
+    gfl_future **pending = PyMem_Malloc(n * sizeof *pending);
+    if (!pending)
+        return;
+    for (future_link *l = links_head; l && i < n; l = l->next) {
+        if (l->loop == loop && API->future_state_of(l->core) == GFL_FUTURE_PENDING)
+            pending[i++] = API->future_ref(l->core);
+    }
+    for (size_t k = 0; k < i; k++) {
+        API->future_cancel(pending[k], "globeflower: the Python event loop closed");
+        API->future_unref(pending[k]);
+    }
+    PyMem_Free(pending);
 }
 
 /* Settles the pending core future `f` the way `pyfut` (done) ended. */
@@ -308,7 +365,7 @@ PyObject *gflpy_future_from_core(gflpy_loop *loop, gfl_future *f)
             Py_CLEAR(pyfut);
         return pyfut;
     }
-    PyObject *link = link_new(f, 0);
+    PyObject *link = link_new(loop, f, 0);
     if (!link || call_method_one(pyfut, str_add_done_callback, link) < 0) {
         Py_XDECREF(link);
         Py_DECREF(pyfut);
@@ -362,7 +419,7 @@ gfl_future *gflpy_future_to_core(gflpy_loop *loop, PyObject *pyfut)
         settle_core(f, pyfut);
         return f;
     }
-    PyObject *link = link_new(f, 1);
+    PyObject *link = link_new(loop, f, 1);
     if (!link || call_method_one(pyfut, str_add_done_callback, link) < 0) {
         Py_XDECREF(link);
         API->future_unref(f);

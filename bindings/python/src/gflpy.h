@@ -262,6 +262,13 @@ PyObject *gflpy_future_from_core(gflpy_loop *loop, gfl_future *f);
  * cancelling the core future cancels `pyfut`. NULL with an exception. */
 gfl_future *gflpy_future_to_core(gflpy_loop *loop, PyObject *pyfut);
 int gflpy_futures_init(PyObject *module);
+/* The loop is closing: the core futures still pending between it and
+ * other hosts are cancelled. */
+void gflpy_futures_loop_closing(gflpy_loop *loop);
+/* The loop is closing (or being freed), its core loop still working:
+ * unexports what Python exported on it, cancels what is pending across
+ * hosts. Called by loop.c. */
+void gflpy_hosts_loop_closing(gflpy_loop *loop);
 
 /* exports.c: the module functions export/unexport/call/exports. */
 extern PyMethodDef gflpy_exports_methods[];
