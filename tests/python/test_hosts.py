@@ -322,6 +322,31 @@ class TestErrors(HostsTestCase):
         self.run_async(main())
 
 
+    def test_keyboard_interrupt_in_exports(self):
+        def sync_ki():
+            raise KeyboardInterrupt("sync")
+
+        async def async_ki():
+            await asyncio.sleep(0)
+            raise KeyboardInterrupt("async")
+
+        globeflower.export("t.sync_ki", sync_ki)
+        globeflower.export("t.async_ki", async_ki)
+
+        async def main(name):
+            await globeflower.call(name)
+
+        # A sync export runs inside call(): its caller gets it, as from a
+        # plain call; an async export's task stops the loop, as asyncio's do.
+        with self.assertRaisesRegex(KeyboardInterrupt, "sync"):
+            self.loop.run_until_complete(main("t.sync_ki"))
+        fut = globeflower.call("t.async_ki")
+        with self.assertRaisesRegex(KeyboardInterrupt, "async"):
+            self.loop.run_until_complete(fut)
+        self.loop.run_until_complete(asyncio.sleep(0))  # the loop still runs
+        self.assertIsInstance(fut.exception(), KeyboardInterrupt)
+
+
 class TestCalls(HostsTestCase):
     def test_sync_and_async_exports(self):
         def add(a, b):
