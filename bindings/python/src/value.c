@@ -282,14 +282,17 @@ static gfl_value *convert_dict(PyObject *dict, struct conversion *c)
     if (enter(c, dict) < 0)
         return NULL;
     Py_ssize_t n = PyDict_GET_SIZE(dict);
-    gfl_value *small[2 * SMALL_CONTAINER], **keys = small, **values;
+    gfl_value *small[2 * SMALL_CONTAINER], **keys = small, **values = small + n;
     gfl_value *out = NULL;
     Py_ssize_t done = 0, pos = 0;
-    if (n > SMALL_CONTAINER && !(keys = PyMem_Malloc(2 * (size_t)n * sizeof *keys))) {
-        PyErr_NoMemory();
-        goto out;
+    if (n > SMALL_CONTAINER) {
+        if (!(keys = PyMem_Malloc(2 * (size_t)n * sizeof *keys))) {
+            keys = values = small; /* nothing to release */
+            PyErr_NoMemory();
+            goto out;
+        }
+        values = keys + n;
     }
-    values = keys + n;
     PyObject *k, *v;
     while (done < n && PyDict_Next(dict, &pos, &k, &v)) {
         /* Strong references: converting may run Python code that changes
