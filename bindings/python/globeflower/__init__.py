@@ -5,6 +5,15 @@
     globeflower.install()              # make it asyncio's default loop
     loop = globeflower.new_event_loop()
 
+Many hosts on one loop (docs/hosts.md): C plugins as modules, and
+functions shared with C hosts, Lua and other Python code by name:
+
+    example = globeflower.plugin("example")
+    example.add(1, 2)                                  # 3
+    await example.sleep_then_echo(0.1, [1, {"a": 2}])  # [1, {'a': 2}]
+    globeflower.export("py.greet", greet)              # def or async def
+    await globeflower.call("py.greet", "you")
+
 The package publishes the core's function table as the PyCapsule
 ``globeflower._core._C_API`` (a ``const gfl_api *``) so that other
 extensions share this process's core.
@@ -15,8 +24,10 @@ import sys as __sys
 
 from . import _core
 from ._loop import Loop, EventLoopPolicy, new_event_loop
+from ._hosts import (RemoteError, ForeignObject, Plugin, plugin, export, unexport, call, exports)
 
-__all__ = ("Loop", "EventLoopPolicy", "new_event_loop", "install", "run")
+__all__ = ("Loop", "EventLoopPolicy", "new_event_loop", "install", "run",
+           "RemoteError", "ForeignObject", "Plugin", "plugin", "export", "unexport", "call", "exports")
 __version__ = "0.1.0"
 
 

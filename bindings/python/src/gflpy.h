@@ -189,4 +189,96 @@ PyObject *gflpy_op_cancel(PyObject *mod, PyObject *cap);
  * set) when unknown. */
 PyObject *gflpy_sockaddr_to_py(const struct sockaddr *sa, size_t len);
 
+/* ------------------------------------------------------------------ */
+/* Many hosts on one loop (docs/hosts.md): values (value.c), futures    */
+/* across hosts (futures.c), the export registry (exports.c), plugins   */
+/* (plugin.c)                                                           */
+
+/* Whether Python code may run: false once the interpreter finalizes.
+ * Entry points the core calls (release functions, done callbacks, export
+ * calls, the "python" host class's unref) check it before taking the GIL,
+ * and leak what they hold rather than touch a dead interpreter. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define gflpy_is_finalizing() Py_IsFinalizing()
+#else
+#define gflpy_is_finalizing() _Py_IsFinalizing()
+#endif
+static inline int gflpy_interpreter_alive(void)
+{
+    return Py_IsInitialized() && !gflpy_is_finalizing();
+}
+
+/* What the Python layer (globeflower/_hosts.py) hands over at import. */
+typedef struct gflpy_hosts_refs {
+    PyObject *RemoteError;      /* globeflower.RemoteError */
+    PyObject *CancelledError;   /* asyncio.CancelledError */
+    PyObject *format_exception; /* traceback.format_exception */
+    PyObject *get_running_loop; /* asyncio.events._get_running_loop */
+    PyObject *thread_loop;      /* _hosts._thread_loop(): the thread's current loop or None */
+    PyObject *is_async;         /* _hosts._is_async(fn): a coroutine function? */
+    PyObject *ensure_future;    /* asyncio.ensure_future */
+} gflpy_hosts_refs;
+extern gflpy_hosts_refs gflpy_hosts;
+
+/* The "python" host class: an OBJECT value holding a Python object. */
+extern const gfl_host_class gflpy_host_class;
+extern PyTypeObject *gflpy_ForeignObjectType;
+
+/* 1 when the core has the ABI 1.3 functions used here; else 0 with a
+ * RuntimeError set. */
+int gflpy_hosts_available(void);
+/* Python object -> a new gfl_value reference (a deep copy), or NULL with
+ * an exception set (ValueError for a container that contains itself or
+ * nests deeper than GFL_VALUE_MAX_DEPTH). */
+gfl_value *gflpy_to_value(PyObject *o);
+/* gfl_value -> a new Python object, or NULL with an exception set. */
+PyObject *gflpy_from_value(gfl_value *v);
+/* An exception instance -> an ERROR value (or the value it was made from),
+ * NULL with an exception set only when out of memory. */
+gfl_value *gflpy_error_from_exception(PyObject *exc);
+/* The raised exception (cleared) as an ERROR value; never NULL: falls back
+ * to a plain GFL_ENOMEM error. `*exc_out`, when given, gets the exception
+ * (a new reference, or NULL). */
+gfl_value *gflpy_error_from_raised(PyObject **exc_out);
+/* An ERROR value -> the exception to raise (a new reference), never NULL
+ * unless out of memory: the original exception when its cause is a Python
+ * one, else a new one keeping the value. */
+PyObject *gflpy_exception_from_error(gfl_value *error);
+/* Raises the exception for an ERROR value; returns NULL. */
+PyObject *gflpy_raise_error_value(gfl_value *error);
+int gflpy_value_init(PyObject *module);
+PyObject *gflpy_hosts_setup(PyObject *module, PyObject *ns);
+
+/* The loop a call from Python uses: `loop` if given (not NULL/None), else
+ * the running globeflower loop, else the thread's current one (a new
+ * reference); NULL with RuntimeError/TypeError when there is none. */
+gflpy_loop *gflpy_hosts_loop(PyObject *loop);
+/* A new asyncio future of `loop` that follows the core future `f`
+ * (borrowed): settled with its converted result or error, cancelled with
+ * it; cancelling the asyncio future cancels `f`. */
+PyObject *gflpy_future_from_core(gflpy_loop *loop, gfl_future *f);
+/* A new core future reference that follows the asyncio future or task
+ * `pyfut` (settled with its converted result or error, cancelled with it);
+ * cancelling the core future cancels `pyfut`. NULL with an exception. */
+gfl_future *gflpy_future_to_core(gflpy_loop *loop, PyObject *pyfut);
+int gflpy_futures_init(PyObject *module);
+/* The loop is closing: the core futures still pending between it and
+ * other hosts are cancelled. */
+void gflpy_futures_loop_closing(gflpy_loop *loop);
+/* The loop is closing (or being freed), its core loop still working:
+ * unexports what Python exported on it, cancels what is pending across
+ * hosts. Called by loop.c. */
+void gflpy_hosts_loop_closing(gflpy_loop *loop);
+
+/* exports.c: the module functions export/unexport/call/exports. */
+extern PyMethodDef gflpy_exports_methods[];
+int gflpy_exports_init(void);
+/* The loop is closing (or being freed): unexport what Python exported on
+ * it, while its core loop still works. */
+void gflpy_exports_loop_closing(gflpy_loop *loop);
+
+/* plugin.c: globeflower.plugin() and its module-like objects. */
+extern PyMethodDef gflpy_plugin_methods[];
+int gflpy_plugin_init(PyObject *module);
+
 #endif

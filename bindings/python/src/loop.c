@@ -267,6 +267,7 @@ static void watch_free(struct gflpy_watch **slot)
 
 static void core_close(gflpy_loop *self)
 {
+    gflpy_hosts_loop_closing(self); /* Python's exports go while the core works */
     if (self->ndirty)
         gflpy_flush_writes(self); /* only if closed from inside a callback */
     if (self->core) {

@@ -141,6 +141,7 @@ static PyMethodDef module_methods[] = {
     {"_setup", mod_setup, METH_O, "Internal: receives the Python-level helpers."},
     {"op_cancel", gflpy_op_cancel, METH_O, "Internal: abandons a core operation."},
     {"abi_version", mod_abi_version, METH_NOARGS, "The (major, minor) ABI version of the core in use."},
+    {"_hosts_setup", gflpy_hosts_setup, METH_O, "Internal: receives the helpers of globeflower/_hosts.py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -172,7 +173,9 @@ PyMODINIT_FUNC PyInit__core(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (gflpy_loop_init_type(m) < 0 || gflpy_transport_init_type(m) < 0 || gflpy_server_init_type(m) < 0) {
+    if (gflpy_loop_init_type(m) < 0 || gflpy_transport_init_type(m) < 0 || gflpy_server_init_type(m) < 0 ||
+        gflpy_value_init(m) < 0 || gflpy_futures_init(m) < 0 || gflpy_exports_init() < 0 ||
+        PyModule_AddFunctions(m, gflpy_exports_methods) < 0 || gflpy_plugin_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
