@@ -482,28 +482,32 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
      * keyword `_gfl_loop` (a capsule from a C host) is ours. */
     (void)args;
     PyObject *cap = kwds ? PyDict_GetItemString(kwds, "_gfl_loop") : NULL;
+    gfl_loop *host = NULL;
+    if (cap && cap != Py_None) {
+        /* Checked before the object exists (a half-made loop would meet
+         * asyncio's __del__). Validated without touching the pointer: a
+         * freed or closed loop, or one owned by another thread, is an
+         * error, never a use-after-free. */
+        gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
+        if (!l)
+            return NULL;
+        host = API->loop_acquire(l);
+        if (!host)
+            return PyErr_Format(PyExc_ValueError,
+                                "globeflower: the capsule does not name a live loop usable from this thread "
+                                "(freed, closed, or owned by another thread)");
+    }
     gflpy_loop *self = (gflpy_loop *)type->tp_alloc(type, 0);
-    if (!self)
+    if (!self) {
+        if (host)
+            API->loop_unref(host);
         return NULL;
+    }
     self->backend_fd = -1;
     self->sig_r = self->sig_w = -1;
     gflpy_heap_tune();
-    if (cap && cap != Py_None) {
-        gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
-        if (!l) {
-            Py_DECREF(self);
-            return NULL;
-        }
-        /* Validated without touching it: a freed or closed loop (or one
-         * owned by another thread) is an error, never a use-after-free. */
-        self->core = API->loop_acquire(l);
-        if (!self->core) {
-            Py_DECREF(self);
-            PyErr_SetString(PyExc_ValueError,
-                            "globeflower: the capsule does not name a live loop usable from this thread "
-                            "(freed, closed, or owned by another thread)");
-            return NULL;
-        }
+    if (host) {
+        self->core = host;
         self->attached = 1;
         attached_add(self);
         return (PyObject *)self;
