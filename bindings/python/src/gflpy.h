@@ -114,6 +114,13 @@ typedef struct gflpy_loop {
      * (gfl_loop_interrupt). */
     int py_running;
     int host_depth;   /* core -> Python entries in progress while the host pumps */
+    /* asyncio's running loop is this loop now (run_forever, or a run_once /
+     * run_for pump once a callback needed it). */
+    int running_set;
+    /* Inside run_once/run_for: the first Python callback sets the running
+     * loop and the pump restores it (an idle pump costs no syscall for it:
+     * asyncio's setter calls getpid()); lazy_done: it was set. */
+    int lazy_running, lazy_done;
     PyObject *tr_head; /* transports the core holds (transport.c), for detach */
     struct gflpy_loop *attached_prev, *attached_next; /* every attached loop (atexit) */
 } gflpy_loop;
@@ -128,8 +135,14 @@ int gflpy_loop_init_type(PyObject *module);
  * entry point then returns at once, touching nothing of Python. */
 extern volatile int gflpy_gone;
 
+/* The thread state that drives this thread's core iteration from Python
+ * (run_forever, run_once, run_for), else NULL: while it is the current
+ * one, the GIL is held and entries need not take it. */
+extern _Thread_local PyThreadState *gflpy_pump_tstate;
+
 typedef struct gflpy_entry {
     PyGILState_STATE gil;
+    int gil_taken;     /* PyGILState_Ensure was called (the host pumps) */
     gflpy_loop *loop;  /* set when this entry set asyncio's running loop */
     PyObject *prev;    /* the running loop it replaced (a reference, or NULL) */
 } gflpy_entry;

@@ -42,6 +42,18 @@ struct gflpy_watch {
 /* Entering Python from the core                                       */
 
 volatile int gflpy_gone;
+_Thread_local PyThreadState *gflpy_pump_tstate;
+
+/* The thread state holding the GIL on this thread, or NULL (no check, no
+ * error: what the current-tstate pointer says). */
+static inline PyThreadState *current_tstate(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#else
+    return _PyThreadState_UncheckedGet();
+#endif
+}
 
 /* asyncio's C accessors of the thread's running loop (set once). */
 static PyObject *get_running_fn, *set_running_fn;
@@ -85,7 +97,10 @@ int gflpy_gil_enter(gflpy_entry *e)
 {
     if (gflpy_gone)
         return -1;
-    e->gil = PyGILState_Ensure();
+    /* The cheap case: Python drives this thread's iteration, GIL held. */
+    e->gil_taken = !gflpy_pump_tstate || gflpy_pump_tstate != current_tstate();
+    if (e->gil_taken)
+        e->gil = PyGILState_Ensure();
     e->loop = NULL;
     e->prev = NULL;
     return 0;
@@ -96,8 +111,18 @@ int gflpy_gil_enter(gflpy_entry *e)
  * asyncio.get_running_loop()); nothing when Python iterates it itself. */
 void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e)
 {
-    if (!loop || loop->py_running || e->loop)
+    if (!loop || loop->running_set || e->loop)
         return;
+    if (loop->lazy_running) {
+        /* A run_once/run_for pump: set for the rest of it, once. */
+        if (running_loop_set((PyObject *)loop) == 0)
+            loop->running_set = loop->lazy_done = 1;
+        else
+            PyErr_Clear();
+        return;
+    }
+    if (loop->py_running)
+        return; /* Python iterates (asyncio's own code set it up) */
     Py_INCREF(loop);
     e->loop = loop;
     if (loop->host_depth++ > 0)
@@ -143,7 +168,8 @@ void gflpy_leave(gflpy_entry *e)
         }
         Py_DECREF(loop);
     }
-    PyGILState_Release(e->gil);
+    if (e->gil_taken)
+        PyGILState_Release(e->gil);
 }
 
 void gflpy_release_object(void *obj)
@@ -1031,6 +1057,21 @@ static int run_result(gflpy_loop *self, int rc)
         PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
         return -1;
     }
+    if (rc == GFL_EINTR && self->core) {
+        /* Another loop object on this core (Loop.from_capsule) was
+         * interrupted by its callback while we pumped: raise it here. */
+        gfl_value *v = API->loop_take_interrupt(self->core);
+        const char *type = v ? API->value_error_type(v) : NULL;
+        const char *msg = v ? API->value_error_message(v) : NULL;
+        PyObject *cls = type && strcmp(type, "SystemExit") == 0 ? PyExc_SystemExit : PyExc_KeyboardInterrupt;
+        if (msg && *msg)
+            PyErr_SetString(cls, msg);
+        else
+            PyErr_SetNone(cls);
+        if (v)
+            API->value_unref(v);
+        return -1;
+    }
     if (rc < 0 && rc != GFL_ECLOSED) {
         gflpy_raise(rc);
         return -1;
@@ -1075,7 +1116,10 @@ static int run_one(gflpy_loop *self, double cap)
      * the next poll. */
     gflpy_batch_begin(self);
     self->py_running++;
+    PyThreadState *outer = gflpy_pump_tstate;
+    gflpy_pump_tstate = PyThreadState_Get();
     int rc = API->loop_run_once(self->core, poll_timeout);
+    gflpy_pump_tstate = outer;
     self->py_running--;
     gflpy_batch_end(self);
     if (run_result(self, rc) < 0)
@@ -1098,11 +1142,14 @@ static PyObject *loop_run_until_stopped(gflpy_loop *self, PyObject *unused)
     (void)unused;
     int installed = self->sig_installed;
     sig_install(self);
+    int was_set = self->running_set;
+    self->running_set = 1; /* by asyncio's run_forever set-up */
     int rc;
     for (;;) {
         if ((rc = run_one(self, -1)) < 0 || self->stopping)
             break;
     }
+    self->running_set = was_set;
     if (!installed)
         sig_uninstall(self);
     if (rc < 0)
@@ -1127,30 +1174,38 @@ static PyObject *pump(gflpy_loop *self, double seconds, int run_for)
         Py_DECREF(prev);
         return PyErr_Format(PyExc_RuntimeError, "Cannot run the event loop while another loop is running");
     }
-    if (prev != (PyObject *)self && running_loop_set((PyObject *)self) < 0) {
-        Py_DECREF(prev);
-        return NULL;
-    }
+    /* Set by the first callback that runs (see gflpy_loop_enter). */
+    int was_set = self->running_set;
+    if (prev == (PyObject *)self)
+        self->running_set = 1;
+    else
+        self->lazy_running = 1;
+    self->lazy_done = 0;
     int n;
     if (run_for) {
         if (flush_xq(self) < 0)
             PyErr_Clear();
         gflpy_batch_begin(self);
         self->py_running++;
+        PyThreadState *outer = gflpy_pump_tstate;
+        gflpy_pump_tstate = PyThreadState_Get();
         int rc = API->loop_run_for(self->core, seconds);
+        gflpy_pump_tstate = outer;
         self->py_running--;
         gflpy_batch_end(self);
         n = run_result(self, rc) < 0 ? -1 : (rc < 0 ? 0 : rc);
     } else {
         n = run_one(self, seconds);
     }
-    if (prev != (PyObject *)self) {
+    if (self->lazy_done) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         if (running_loop_set(prev == Py_None ? NULL : prev) < 0)
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
+    self->running_set = was_set;
+    self->lazy_running = self->lazy_done = 0;
     Py_DECREF(prev);
     if (n < 0)
         return NULL;
