@@ -1056,6 +1056,23 @@ class TestAttached(unittest.TestCase):
         r.close()
         w.close()
 
+    def test_close_from_another_thread(self):
+        out = []
+        r, w = socket.socketpair()
+        self.loop.add_reader(r, out.append, "readable")
+        self.loop.call_soon(out.append, "soon")
+        th = threading.Thread(target=self.loop.close)
+        th.start()
+        th.join()
+        self.assertTrue(self.loop.is_closed())
+        w.send(b"x")
+        for _ in range(3):
+            self.host.run_once(0.01)  # the owner thread detaches it
+        self.assertEqual(out, [])
+        self.assertIsNone(self.loop._get_watch(r.fileno(), False))
+        r.close()
+        w.close()
+
     def test_close_aborts_our_transports(self):
         async def connect(port):
             return await asyncio.open_connection("127.0.0.1", port)

@@ -171,7 +171,7 @@ void gflpy_handle_cb(void *arg)
     if (gflpy_gil_enter(&e) < 0)
         return; /* the interpreter is gone: nothing of it may be touched */
     gflpy_loop *loop = (gflpy_loop *)GFLPY_SLOT(h, gflpy_hoff.loop);
-    if (!loop || !loop->core) {
+    if (!loop || !loop->core || (loop->attached && loop->closed)) {
         /* Closed (detached from a C host's loop): dropped unrun, as a
          * closed asyncio loop drops its ready handles. */
         Py_DECREF(h);

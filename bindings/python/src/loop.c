@@ -26,6 +26,7 @@
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -303,13 +304,12 @@ static int on_main_thread(void)
     return PyThread_get_thread_ident() == main_ident;
 }
 
+/* arg: the pipe's read end (not the loop: no pointer to outlive it). */
 static void sig_drain(void *arg)
 {
-    gflpy_loop *self = arg;
+    int fd = (int)(intptr_t)arg;
     char buf[256];
-    if (gflpy_gone)
-        return;
-    while (self->sig_r >= 0 && read(self->sig_r, buf, sizeof buf) > 0)
+    while (read(fd, buf, sizeof buf) > 0)
         ;
 }
 
@@ -334,7 +334,7 @@ static int sig_pipe(gflpy_loop *self)
         self->sig_r = -2;
         return -1;
     }
-    if (API->add_reader(self->core, p[0], sig_drain, self) < 0) {
+    if (API->add_reader(self->core, p[0], sig_drain, (void *)(intptr_t)p[0]) < 0) {
         close(p[0]);
         close(p[1]);
         self->sig_r = -2;
@@ -441,7 +441,7 @@ static void attached_remove(gflpy_loop *self)
     self->attached_prev = self->attached_next = NULL;
 }
 
-static void core_close(gflpy_loop *self);
+static void core_close(gflpy_loop *self, int dying);
 
 /* atexit (early in Py_FinalizeEx, Python still whole): every loop still
  * attached to a C host's loop closes (loop.close(), else a bare detach),
@@ -460,7 +460,7 @@ static PyObject *atexit_detach(PyObject *mod, PyObject *unused)
             PyErr_WriteUnraisable((PyObject *)loop);
         if (loop->core || attached_head == loop) {
             loop->closed = 1;
-            core_close(loop);
+            core_close(loop, 0);
         }
         Py_DECREF(loop);
     }
@@ -478,6 +478,13 @@ static PyMethodDef atexit_def = {"_atexit_detach", atexit_detach, METH_NOARGS, N
 static int register_teardown(PyObject *module)
 {
     static int done;
+    if (gflpy_gone) {
+        /* Our statics (interned names, cached functions, callbacks left in
+         * a host's loop) belong to the finalised interpreter. */
+        PyErr_SetString(PyExc_ImportError,
+                        "globeflower cannot be imported again after Py_FinalizeEx in the same process");
+        return -1;
+    }
     if (done)
         return 0;
     PyObject *modname = PyModule_GetNameObject(module);
@@ -494,7 +501,6 @@ static int register_teardown(PyObject *module)
         PyErr_SetString(PyExc_RuntimeError, "globeflower: Py_AtExit is full");
         return -1;
     }
-    gflpy_gone = 0;
     done = 1;
     return 0;
 }
@@ -589,10 +595,54 @@ static void core_detach(gflpy_loop *self)
     }
 }
 
-static void core_close(gflpy_loop *self)
+/* The owner thread detaches a loop closed on another thread. */
+static void deferred_detach(void *arg)
+{
+    gflpy_loop *self = arg; /* a reference taken by core_close */
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return;
+    core_close(self, 0);
+    Py_DECREF(self);
+    gflpy_leave(&e);
+}
+
+/* An attached loop collected on a thread that does not own the host's
+ * loop: the core cannot be touched from here, so nothing it may still call
+ * may point at us (the watches and the signal pipe are left, inert). */
+static void neutralise(gflpy_loop *self)
+{
+    attached_remove(self);
+    for (int i = 0; i < self->nwatch; i++) {
+        struct gflpy_watch *ws[2] = {self->readers[i], self->writers[i]};
+        for (int k = 0; k < 2; k++) {
+            if (!ws[k])
+                continue;
+            ws[k]->loop = NULL; /* watch_cb does nothing then */
+            Py_CLEAR(ws[k]->handle);
+        }
+        self->readers[i] = self->writers[i] = NULL; /* left to the core */
+    }
+    self->sig_r = self->sig_w = -1; /* the pipe stays open for its watcher */
+    self->core = NULL;               /* and our reference is left too */
+}
+
+static void core_close(gflpy_loop *self, int dying)
 {
     if (self->ndirty)
         gflpy_flush_writes(self); /* only if closed from inside a callback */
+    /* Only the owner thread may detach from a host's loop (an fd of -1
+     * probes that without side effects). */
+    if (self->attached && self->core && API->remove_reader(self->core, -1) == GFL_EWRONGTHREAD) {
+        if (dying) {
+            neutralise(self);
+        } else {
+            Py_INCREF(self);
+            if (API->call_soon_threadsafe(self->core, deferred_detach, self) < 0)
+                Py_DECREF(self);
+            return;
+        }
+    }
     if (self->attached) {
         core_detach(self);
     } else if (self->core) {
@@ -653,7 +703,7 @@ static void loop_dealloc(gflpy_loop *self)
     if (self->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)self);
     loop_clear(self);
-    core_close(self);
+    core_close(self, 1);
     PyMem_Free(self->dirty);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -679,7 +729,7 @@ static PyObject *loop_core_close(gflpy_loop *self, PyObject *unused)
 {
     (void)unused;
     self->closed = 1;
-    core_close(self);
+    core_close(self, 0);
     Py_RETURN_NONE;
 }
 
@@ -1262,7 +1312,7 @@ static void watch_cb(void *arg)
         return;
     gflpy_loop *loop = w->loop;
     PyObject *h = w->handle;
-    if (loop->pending_exc || !h || !loop->core) {
+    if (!loop || loop->pending_exc || !h || !loop->core || (loop->attached && loop->closed)) {
         gflpy_leave(&e);
         return; /* level-triggered: it fires again next iteration */
     }
