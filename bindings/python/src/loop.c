@@ -462,6 +462,11 @@ static PyObject *atexit_detach(PyObject *mod, PyObject *unused)
             loop->closed = 1;
             core_close(loop, 0);
         }
+        /* Still there: finalising on a thread that does not own the host's
+         * loop (detaching was deferred to it). Once the interpreter is
+         * gone the entry points do nothing, and nothing may pump meanwhile. */
+        if (attached_head == loop)
+            attached_remove(loop);
         Py_DECREF(loop);
     }
     Py_RETURN_NONE;
