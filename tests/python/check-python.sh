@@ -4,8 +4,13 @@
 # real-library tests (aiohttp, websockets) on the package built in the tree
 # ($GFL_PYTHONPATH, set by make check). -X dev: asyncio debug mode and
 # warnings as on a developer's box.
+# Then tests/python/embed_host (a C host embedding Python on its own loop)
+# in both teardown orders, and again under valgrind (memcheck; skipped when
+# GFL_LONG_TESTS=0 or valgrind is missing; logs in
+# tests/python/valgrind-embed-*.log).
 set -u
 srcdir=${abs_top_srcdir:-.}
+builddir=${abs_top_builddir:-.}
 PYTHON=${PYTHON:-/usr/bin/python3}
 PYTHONPATH=${GFL_PYTHONPATH:-}${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONPATH
@@ -18,4 +23,33 @@ for t in test_globeflower test_hosts test_libraries; do
     echo "== $t"
     "$PYTHON" "$srcdir/tests/python/$t.py" 2>&1 || status=1
 done
+
+host="$builddir/tests/python/embed_host"
+if test -x "$host"; then
+    for order in finalize-first free-first; do
+        echo "== embed_host $order"
+        "$host" $order 2>&1 || status=1
+    done
+    valgrind=${VALGRIND:-valgrind}
+    if test "${GFL_LONG_TESTS:-1}" != 0 && command -v "$valgrind" >/dev/null 2>&1; then
+        for order in finalize-first free-first; do
+            echo "== embed_host $order (valgrind)"
+            log="$builddir/tests/python/valgrind-embed-$order.log"
+            # PYTHONMALLOC=malloc: valgrind sees CPython's allocations.
+            if PYTHONMALLOC=malloc "$valgrind" --error-exitcode=99 --leak-check=full \
+                --errors-for-leak-kinds=definite,indirect --gen-suppressions=all \
+                --suppressions="$srcdir/tests/valgrind.supp" \
+                --suppressions="$srcdir/tests/python/valgrind.supp" \
+                --log-file="$log" "$host" $order 2>&1; then
+                echo "valgrind embed_host $order: clean"
+            else
+                echo "valgrind embed_host $order: FAILED (see $log)"
+                status=1
+            fi
+        done
+    fi
+else
+    echo "== embed_host: not built ($host)"
+    status=1
+fi
 exit $status

@@ -868,5 +868,274 @@ class TestEntryPoints(unittest.TestCase):
             loop.close()
 
 
+class TestFramePump(LoopTestCase):
+    """loop.run_once(timeout=0) / loop.run_for(max_seconds): frames of a
+    Python-driven frame loop (pygame style)."""
+
+    def test_run_once_never_blocks_and_counts(self):
+        out = []
+        self.loop.call_soon(out.append, 1)
+        self.loop.call_soon(out.append, 2)
+        self.loop.call_later(10, out.append, "late")
+        t0 = time.monotonic()
+        self.assertEqual(self.loop.run_once(), 2)
+        self.assertEqual(self.loop.run_once(0), 0)
+        self.assertLess(time.monotonic() - t0, 0.5)
+        self.assertEqual(out, [1, 2])
+
+    def test_run_once_timeout(self):
+        t0 = time.monotonic()
+        self.assertEqual(self.loop.run_once(0.05), 0)  # idle: waits, at most that
+        dt = time.monotonic() - t0
+        self.assertGreaterEqual(dt, 0.04)
+        self.assertLess(dt, 1.0)
+        out = []
+        self.loop.call_later(0.02, out.append, 1)
+        t0 = time.monotonic()
+        ran = 0
+        while not out and time.monotonic() - t0 < 2:
+            ran += self.loop.run_once(5)  # the timer ends the wait
+        self.assertEqual(out, [1])
+        self.assertEqual(ran, 1)
+        self.assertLess(time.monotonic() - t0, 1.0)
+        self.loop.call_later(0.02, out.append, 2)
+        while len(out) < 2 and time.monotonic() - t0 < 3:
+            self.loop.run_once(None)  # until something happens
+        self.assertEqual(out, [1, 2])
+
+    def test_run_for_until_idle(self):
+        out = []
+
+        def chain(n):
+            out.append(n)
+            if n < 5:
+                self.loop.call_soon(chain, n + 1)
+        self.loop.call_soon(chain, 1)
+        # Each call_soon waits for the next iteration: run_for runs them all.
+        self.assertEqual(self.loop.run_for(1.0), 5)
+        self.assertEqual(out, [1, 2, 3, 4, 5])
+        self.assertEqual(self.loop.run_for(1.0), 0)  # idle: returns at once
+        self.loop.call_soon(chain, 5)
+        self.assertEqual(self.loop.run_for(0), 1)  # at least one iteration
+
+    def test_running_loop_in_callbacks_only(self):
+        seen = []
+        self.loop.call_soon(lambda: seen.append(asyncio.get_running_loop()))
+        self.loop.run_once()
+        self.assertEqual(seen, [self.loop])
+        self.assertIsNone(asyncio._get_running_loop())
+        self.loop.call_soon(lambda: seen.append(asyncio.get_running_loop()))
+        self.loop.run_for(0.1)
+        self.assertEqual(seen, [self.loop, self.loop])
+        self.assertIsNone(asyncio._get_running_loop())
+
+    def test_frame_loop_drives_streams(self):
+        async def handle(reader, writer):
+            writer.write((await reader.readline()).upper())
+            await writer.drain()
+            writer.close()
+
+        async def main():
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"frame\n")
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            worker = await asyncio.to_thread(threading.get_ident)
+            server.close()
+            await server.wait_closed()
+            return line, worker
+
+        task = self.loop.create_task(main())
+        t0 = time.monotonic()
+        frames = 0
+        while not task.done() and time.monotonic() - t0 < 10:
+            self.loop.run_for(0.002)
+            self.loop.run_once(0.005)
+            frames += 1
+        line, worker = task.result()
+        self.assertEqual(line, b"FRAME\n")
+        self.assertNotEqual(worker, threading.get_ident())
+        self.assertGreater(frames, 1)
+
+    def test_keyboard_interrupt_leaves_the_pump_then_goes_on(self):
+        out = []
+
+        def boom():
+            raise KeyboardInterrupt
+        self.loop.call_soon(boom)
+        self.loop.call_soon(out.append, 1)
+        with self.assertRaises(KeyboardInterrupt):
+            self.loop.run_once()
+        self.assertEqual(out, [])
+        self.loop.run_once()  # the callback queued behind it, once
+        self.assertEqual(out, [1])
+        self.assertEqual(self.loop.run_once(), 0)
+        self.loop.call_soon(boom)
+        with self.assertRaises(KeyboardInterrupt):
+            self.loop.run_for(1)
+        self.assertEqual(self.loop.run_for(1), 0)
+
+    def test_bad_arguments_and_states(self):
+        for bad in (-1, float("nan"), "x"):
+            with self.assertRaises((ValueError, TypeError)):
+                self.loop.run_once(bad)
+        for bad in (-1, float("nan"), None):
+            with self.assertRaises((ValueError, TypeError)):
+                self.loop.run_for(bad)
+        with self.assertRaises(TypeError):
+            self.loop.run_once(0, 1)
+        with self.assertRaises(TypeError):
+            self.loop.run_once(timeout=0, other=1)
+        errors = []
+
+        def nested():
+            for call in (self.loop.run_once, lambda: self.loop.run_for(0)):
+                try:
+                    call()
+                except RuntimeError as e:
+                    errors.append(str(e))
+        self.loop.call_soon(nested)
+        self.loop.run_once()
+        self.assertEqual(errors, ["This event loop is already running"] * 2)
+
+        other = globeflower.new_event_loop()
+        try:
+            async def pump_other():
+                other.run_once()
+            with self.assertRaisesRegex(RuntimeError, "another loop is running"):
+                self.loop.run_until_complete(pump_other())
+        finally:
+            other.close()
+        self.loop.close()
+        with self.assertRaisesRegex(RuntimeError, "closed"):
+            self.loop.run_once()
+        with self.assertRaisesRegex(RuntimeError, "closed"):
+            self.loop.run_for(0)
+
+
+class TestAttached(unittest.TestCase):
+    """A Loop on a core loop it does not own (Loop.from_capsule)."""
+
+    def setUp(self):
+        self.host = globeflower.new_event_loop()
+        self.loop = globeflower.Loop.from_capsule(self.host._capsule())
+
+    def tearDown(self):
+        self.loop.close()
+        self.host.close()
+
+    def test_is_attached(self):
+        self.assertTrue(self.loop.is_attached())
+        self.assertFalse(self.host.is_attached())
+
+    def test_host_pump_sets_the_running_loop(self):
+        seen = []
+        self.loop.call_soon(lambda: seen.append(asyncio.get_running_loop()))
+        self.host.run_once()  # the host pumps: our callback sees our loop
+        self.assertEqual(seen, [self.loop])
+        self.assertIsNone(asyncio._get_running_loop())
+
+    def test_close_detaches(self):
+        out = []
+        self.loop.call_soon(out.append, "soon")
+        self.loop.call_later(0.01, out.append, "later")
+        r, w = socket.socketpair()
+        self.loop.add_reader(r, out.append, "readable")
+        w.send(b"x")
+        self.loop.close()
+        self.assertTrue(self.loop.is_closed())
+        self.assertFalse(self.host.is_closed())
+        self.host.call_soon(out.append, "host")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.05:
+            self.host.run_once(0.01)
+        self.assertEqual(out, ["host"])  # ours were dropped, the host's ran
+        r.close()
+        w.close()
+
+    def test_close_from_another_thread(self):
+        out = []
+        r, w = socket.socketpair()
+        self.loop.add_reader(r, out.append, "readable")
+        self.loop.call_soon(out.append, "soon")
+        th = threading.Thread(target=self.loop.close)
+        th.start()
+        th.join()
+        self.assertTrue(self.loop.is_closed())
+        w.send(b"x")
+        for _ in range(3):
+            self.host.run_once(0.01)  # the owner thread detaches it
+        self.assertEqual(out, [])
+        self.assertIsNone(self.loop._get_watch(r.fileno(), False))
+        r.close()
+        w.close()
+
+    def test_close_aborts_our_transports(self):
+        async def connect(port):
+            return await asyncio.open_connection("127.0.0.1", port)
+        lsock = socket.create_server(("127.0.0.1", 0))
+        port = lsock.getsockname()[1]
+        task = self.loop.create_task(connect(port))
+        t0 = time.monotonic()
+        while not task.done() and time.monotonic() - t0 < 5:
+            self.host.run_once(0.01)
+        reader, writer = task.result()
+        peer, _ = lsock.accept()
+        self.assertFalse(writer.is_closing())
+        # asyncio's path (debug mode) uses the user's socket, which close()
+        # leaves open as asyncio does: the test closes it.
+        user_sock = writer.transport._sock
+        self.loop.close()
+        if user_sock is not None:
+            user_sock.close()
+        for _ in range(3):
+            self.host.run_once(0.01)  # the core finishes the abort
+        peer.settimeout(5)
+        try:
+            self.assertEqual(peer.recv(10), b"")
+        except ConnectionResetError:
+            pass  # aborted: a reset is the end too
+        self.assertEqual(self.host.run_once(0), 0)  # nothing of ours left
+        peer.close()
+        lsock.close()
+
+    def test_interrupt_reaches_the_pumping_loop(self):
+        def boom():
+            raise SystemExit(7)
+        after = []
+        self.loop.call_soon(boom)
+        self.loop.call_soon(after.append, 1)
+        with self.assertRaises(SystemExit):
+            self.host.run_once()
+        self.assertEqual(after, [])
+        self.host.run_once()
+        self.assertEqual(after, [1])
+
+
+class TestTeardown(unittest.TestCase):
+    def test_exit_with_an_attached_loop_open(self):
+        import subprocess, sys, textwrap
+        code = textwrap.dedent("""
+            import asyncio, socket, globeflower
+            host = globeflower.new_event_loop()
+            loop = globeflower.Loop.from_capsule(host._capsule())
+            lsock = socket.create_server(("127.0.0.1", 0))
+            async def connect():
+                return await asyncio.open_connection(*lsock.getsockname())
+            t = loop.create_task(connect())
+            while not t.done():
+                host.run_once(0.01)
+            t.result()
+            loop.call_later(3600, print, "never")
+            print("exiting")
+        """)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), "exiting")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -369,18 +369,40 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
 
     @classmethod
     def from_capsule(cls, capsule):
+        """A loop object on a C host's core loop: `capsule` is a PyCapsule
+        named "globeflower.loop" holding its ``gfl_loop *``. The loop is
+        validated (a freed, closed or foreign-thread loop raises
+        ValueError); Python holds a reference and never frees it: close()
+        detaches (see docs/python.md, "Embedding")."""
         return cls(_gfl_loop=capsule)
+
+    def is_closed(self):
+        # A C host may free its loop while Python is attached.
+        return self._closed or self._gfl_host_closed()
 
     def close(self):
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
-        if self.is_closed():
+        if self._closed:
+            return
+        if self._gfl_host_closed():
+            # The host freed its loop: tidy up Python's side only.
+            try:
+                self._close_self_pipe()
+                base_events.BaseEventLoop.close(self)
+            finally:
+                self._core_close()
             return
         try:
             super().close()
             for srv in self._gfl_servers.values():
                 srv.close()
             self._gfl_servers.clear()
+            if self.is_attached():
+                # The host's loop outlives us: our datagram endpoints on it go.
+                for tr in list(self._transports.values()):
+                    if isinstance(tr, _DatagramTransport):
+                        tr.abort()
             # Children outlive the loop, as under asyncio's watchers; their
             # Popen objects reap them (subprocess's own clean-up).
             for pidfd in self._gfl_children:
@@ -388,7 +410,8 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
                 os.close(pidfd)
             self._gfl_children.clear()
         finally:
-            # Frees the core loop. Transports still open are left as asyncio
+            # Frees the core loop (detaches from a C host's, see
+            # from_capsule). Transports still open are left as asyncio
             # leaves them: no connection_lost, the user's sockets stay open.
             self._core_close()
 

@@ -103,10 +103,64 @@ typedef struct gflpy_loop {
     Py_ssize_t ndirty, dirty_cap;
     size_t batch_bytes; /* batched since the last flush (see BATCH_BYTES_MAX) */
     PyObject *weakreflist;
+    /* A C host's loop (from_capsule): Python holds one reference
+     * (gfl_loop_ref via gfl_loop_acquire) and never frees it; close()
+     * detaches (see gflpy_loop_detach). */
+    int attached;
+    /* Python itself is iterating the core (run_forever, run_once, run_for):
+     * asyncio's running loop is set and a KeyboardInterrupt/SystemExit
+     * leaves that call. At 0 the host pumps: core -> Python entries set the
+     * running loop around themselves and such exceptions go to the host
+     * (gfl_loop_interrupt). */
+    int py_running;
+    int host_depth;   /* core -> Python entries in progress while the host pumps */
+    /* asyncio's running loop is this loop now (run_forever, or a run_once /
+     * run_for pump once a callback needed it). */
+    int running_set;
+    /* Inside run_once/run_for: the first Python callback sets the running
+     * loop and the pump restores it (an idle pump costs no syscall for it:
+     * asyncio's setter calls getpid()); lazy_done: it was set. */
+    int lazy_running, lazy_done;
+    PyObject *tr_head; /* transports the core holds (transport.c), for detach */
+    struct gflpy_loop *attached_prev, *attached_next; /* every attached loop (atexit) */
 } gflpy_loop;
 
 extern PyTypeObject *gflpy_LoopType;
 int gflpy_loop_init_type(PyObject *module);
+
+/* ------------------------------------------------------------------ */
+/* Entering Python from the core (loop.c)                              */
+
+/* Set once the interpreter is finalised (Py_AtExit): every core -> Python
+ * entry point then returns at once, touching nothing of Python. */
+extern volatile int gflpy_gone;
+
+/* The thread state that drives this thread's core iteration from Python
+ * (run_forever, run_once, run_for), else NULL: while it is the current
+ * one, the GIL is held and entries need not take it. */
+extern _Thread_local PyThreadState *gflpy_pump_tstate;
+
+typedef struct gflpy_entry {
+    PyGILState_STATE gil;
+    int gil_taken;     /* PyGILState_Ensure was called (the host pumps) */
+    gflpy_loop *loop;  /* set when this entry set asyncio's running loop */
+    PyObject *prev;    /* the running loop it replaced (a reference, or NULL) */
+} gflpy_entry;
+
+/* Every core -> Python callback starts with gflpy_enter and ends with
+ * gflpy_leave: -1 means the interpreter is gone (do nothing at all, not
+ * even a Py_DECREF); 0 means the GIL is held (taken if the host pumps
+ * without it) and, when the host pumps `loop` (NULL: not a loop
+ * callback), asyncio's running loop is `loop` until gflpy_leave. */
+int gflpy_enter(gflpy_loop *loop, gflpy_entry *e);
+void gflpy_leave(gflpy_entry *e);
+/* gflpy_enter in two steps, for callbacks that find their loop only with
+ * the GIL held: gflpy_gil_enter (-1: gone), then gflpy_loop_enter. */
+int gflpy_gil_enter(gflpy_entry *e);
+void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e);
+/* The core's reference to a Python object is dropped from a release
+ * function (no-op once the interpreter is gone). */
+void gflpy_release_object(void *obj);
 
 /* Raises the Python exception for a GFL_E* code; returns NULL. */
 PyObject *gflpy_raise(int code);
@@ -152,6 +206,11 @@ int gflpy_handles_setup(void);
 /* Stream transports (transport.c)                                     */
 
 extern PyTypeObject *gflpy_StreamTransportType;
+/* The loop detaches from the core (close() of an attached loop, or
+ * finalisation): every transport the core still holds for `loop` is aborted
+ * and handed a protocol that never calls Python; the Python objects are
+ * left as loop.close() leaves them (open, no connection_lost). */
+void gflpy_transports_detach(gflpy_loop *loop);
 /* Sends the writes batched on `loop`'s transports (see batch_depth). */
 void gflpy_flush_writes(gflpy_loop *loop);
 /* Forgets them (the loop is being cleared). */

@@ -167,26 +167,34 @@ static void handle_cb_requeue(gflpy_loop *loop, PyObject *h)
 void gflpy_handle_cb(void *arg)
 {
     PyObject *h = arg; /* our reference, handed over by the core */
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return; /* the interpreter is gone: nothing of it may be touched */
     gflpy_loop *loop = (gflpy_loop *)GFLPY_SLOT(h, gflpy_hoff.loop);
-    if (!loop) {
+    if (!loop || !loop->core || (loop->attached && loop->closed)) {
+        /* Closed (detached from a C host's loop): dropped unrun, as a
+         * closed asyncio loop drops its ready handles. */
         Py_DECREF(h);
+        gflpy_leave(&e);
         return;
     }
     if (loop->pending_exc) {
         /* Stopping for a KeyboardInterrupt/SystemExit: keep it ready. */
         handle_cb_requeue(loop, h);
+        gflpy_leave(&e);
         return;
     }
+    gflpy_loop_enter(loop, &e);
     if (Py_TYPE(h) == (PyTypeObject *)gflpy.TimerHandle)
         gflpy_slot_set(h, gflpy_hoff.scheduled, Py_False);
     Py_INCREF(loop);
     gflpy_handle_run(loop, h);
     Py_DECREF(loop);
     Py_DECREF(h);
+    gflpy_leave(&e);
 }
 
 void gflpy_handle_release(void *arg)
 {
-    PyObject *h = arg;
-    Py_DECREF(h);
+    gflpy_release_object(arg);
 }

@@ -26,6 +26,9 @@
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 PyTypeObject *gflpy_LoopType;
 
@@ -37,7 +40,194 @@ struct gflpy_watch {
 };
 
 /* ------------------------------------------------------------------ */
+/* Entering Python from the core                                       */
+
+volatile int gflpy_gone;
+_Thread_local PyThreadState *gflpy_pump_tstate;
+
+/* The thread state holding the GIL on this thread, or NULL (no check, no
+ * error: what the current-tstate pointer says). */
+static inline PyThreadState *current_tstate(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#else
+    return _PyThreadState_UncheckedGet();
+#endif
+}
+
+/* asyncio's C accessors of the thread's running loop (set once). */
+static PyObject *get_running_fn, *set_running_fn;
+
+static int running_fns(void)
+{
+    if (set_running_fn)
+        return 0;
+    PyObject *m = PyImport_ImportModule("asyncio.events");
+    if (!m)
+        return -1;
+    get_running_fn = PyObject_GetAttrString(m, "_get_running_loop");
+    set_running_fn = get_running_fn ? PyObject_GetAttrString(m, "_set_running_loop") : NULL;
+    Py_DECREF(m);
+    if (!set_running_fn) {
+        Py_CLEAR(get_running_fn);
+        return -1;
+    }
+    return 0;
+}
+
+/* The thread's running loop (a new reference; None when there is none),
+ * NULL with an exception on failure. */
+static PyObject *running_loop_get(void)
+{
+    if (running_fns() < 0)
+        return NULL;
+    return PyObject_CallNoArgs(get_running_fn);
+}
+
+static int running_loop_set(PyObject *loop)
+{
+    if (running_fns() < 0)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(set_running_fn, loop ? loop : Py_None);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+int gflpy_gil_enter(gflpy_entry *e)
+{
+    if (gflpy_gone)
+        return -1;
+    /* The cheap case: Python drives this thread's iteration, GIL held. */
+    e->gil_taken = !gflpy_pump_tstate || gflpy_pump_tstate != current_tstate();
+    if (e->gil_taken)
+        e->gil = PyGILState_Ensure();
+    e->loop = NULL;
+    e->prev = NULL;
+    return 0;
+}
+
+/* Makes `loop` the running loop for this entry when the host pumps it (a
+ * coroutine the host's gfl_loop_run_once resumes can then use
+ * asyncio.get_running_loop()); nothing when Python iterates it itself. */
+void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e)
+{
+    if (!loop || loop->running_set || e->loop)
+        return;
+    if (loop->lazy_running) {
+        /* A run_once/run_for pump: set for the rest of it, once. */
+        if (running_loop_set((PyObject *)loop) == 0)
+            loop->running_set = loop->lazy_done = 1;
+        else
+            PyErr_Clear();
+        return;
+    }
+    if (loop->py_running)
+        return; /* Python iterates (asyncio's own code set it up) */
+    Py_INCREF(loop);
+    e->loop = loop;
+    if (loop->host_depth++ > 0)
+        return; /* an outer entry set it */
+    PyObject *cur = running_loop_get();
+    if (!cur) {
+        PyErr_Clear();
+        return;
+    }
+    if (cur == (PyObject *)loop) {
+        Py_DECREF(cur);
+        return;
+    }
+    if (running_loop_set((PyObject *)loop) < 0) {
+        PyErr_Clear();
+        Py_DECREF(cur);
+        return;
+    }
+    e->prev = cur;
+}
+
+int gflpy_enter(gflpy_loop *loop, gflpy_entry *e)
+{
+    if (gflpy_gil_enter(e) < 0)
+        return -1;
+    gflpy_loop_enter(loop, e);
+    return 0;
+}
+
+void gflpy_leave(gflpy_entry *e)
+{
+    if (e->loop) {
+        gflpy_loop *loop = e->loop;
+        e->loop = NULL;
+        loop->host_depth--;
+        if (e->prev) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            if (running_loop_set(e->prev == Py_None ? NULL : e->prev) < 0)
+                PyErr_Clear();
+            PyErr_Restore(type, value, tb);
+            Py_CLEAR(e->prev);
+        }
+        Py_DECREF(loop);
+    }
+    if (e->gil_taken)
+        PyGILState_Release(e->gil);
+}
+
+void gflpy_release_object(void *obj)
+{
+    if (gflpy_gone)
+        return; /* the interpreter and its objects are gone */
+    PyGILState_STATE g = PyGILState_Ensure();
+    Py_DECREF((PyObject *)obj);
+    PyGILState_Release(g);
+}
+
+/* ------------------------------------------------------------------ */
 /* Reporting errors raised by callbacks                                 */
+
+/* An error value for `exc` as docs/hosts.md describes (type = the class
+ * name, message = str(exc), traceback = the formatted traceback). */
+static gfl_value *exception_value(PyObject *exc)
+{
+    const char *type = Py_TYPE(exc)->tp_name;
+    const char *dot = strrchr(type, '.');
+    if (dot)
+        type = dot + 1;
+    PyObject *str = PyObject_Str(exc);
+    const char *msg = str ? PyUnicode_AsUTF8(str) : NULL;
+    if (!msg)
+        PyErr_Clear();
+    PyObject *tbtext = NULL;
+    PyObject *tbmod = PyImport_ImportModule("traceback");
+    PyObject *lines = tbmod ? PyObject_CallMethod(tbmod, "format_exception", "O", exc) : NULL;
+    Py_XDECREF(tbmod);
+    if (lines) {
+        PyObject *empty = PyUnicode_FromString("");
+        tbtext = empty ? PyUnicode_Join(empty, lines) : NULL;
+        Py_XDECREF(empty);
+        Py_DECREF(lines);
+    }
+    const char *tb = tbtext ? PyUnicode_AsUTF8(tbtext) : NULL;
+    if (!tb)
+        PyErr_Clear();
+    gfl_value *v = API->value_error_ex(GFL_EUNKNOWN, type, msg ? msg : "", tb, NULL);
+    Py_XDECREF(str);
+    Py_XDECREF(tbtext);
+    return v;
+}
+
+/* KeyboardInterrupt/SystemExit raised while a C host pumps: the host's
+ * exception handler gets it and its gfl_loop_run_once/run_for/run returns
+ * GFL_EINTR (gfl_loop_take_interrupt gives the error). Python goes on. */
+static void interrupt_host(gflpy_loop *loop, PyObject *exc)
+{
+    gfl_value *v = exception_value(exc);
+    char message[160];
+    snprintf(message, sizeof message, "%s raised by a Python callback", Py_TYPE(exc)->tp_name);
+    API->loop_interrupt(loop->core, message, v);
+    if (v)
+        API->value_unref(v);
+}
 
 void gflpy_loop_report(gflpy_loop *loop, PyObject *handle)
 {
@@ -52,6 +242,12 @@ void gflpy_loop_report(gflpy_loop *loop, PyObject *handle)
     Py_DECREF(type);
     if (PyErr_GivenExceptionMatches(value, PyExc_SystemExit) ||
         PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
+        if (!loop->py_running && loop->core && API->loop_is_running(loop->core) == 1) {
+            /* A C host is pumping: it must stop, not Python. */
+            interrupt_host(loop, value);
+            Py_DECREF(value);
+            return;
+        }
         /* asyncio lets these out of run_forever. */
         if (!loop->pending_exc)
             loop->pending_exc = value;
@@ -108,11 +304,12 @@ static int on_main_thread(void)
     return PyThread_get_thread_ident() == main_ident;
 }
 
+/* arg: the pipe's read end (not the loop: no pointer to outlive it). */
 static void sig_drain(void *arg)
 {
-    gflpy_loop *self = arg;
+    int fd = (int)(intptr_t)arg;
     char buf[256];
-    while (self->sig_r >= 0 && read(self->sig_r, buf, sizeof buf) > 0)
+    while (read(fd, buf, sizeof buf) > 0)
         ;
 }
 
@@ -137,7 +334,7 @@ static int sig_pipe(gflpy_loop *self)
         self->sig_r = -2;
         return -1;
     }
-    if (API->add_reader(self->core, p[0], sig_drain, self) < 0) {
+    if (API->add_reader(self->core, p[0], sig_drain, (void *)(intptr_t)p[0]) < 0) {
         close(p[0]);
         close(p[1]);
         self->sig_r = -2;
@@ -220,6 +417,100 @@ static void after_poll(gfl_loop *core, void *ud)
 }
 
 /* ------------------------------------------------------------------ */
+/* Attached loops, detached when the interpreter finalises              */
+
+static gflpy_loop *attached_head; /* borrowed: a loop leaves at detach */
+
+static void attached_add(gflpy_loop *self)
+{
+    self->attached_prev = NULL;
+    self->attached_next = attached_head;
+    if (attached_head)
+        attached_head->attached_prev = self;
+    attached_head = self;
+}
+
+static void attached_remove(gflpy_loop *self)
+{
+    if (self->attached_prev)
+        self->attached_prev->attached_next = self->attached_next;
+    else if (attached_head == self)
+        attached_head = self->attached_next;
+    if (self->attached_next)
+        self->attached_next->attached_prev = self->attached_prev;
+    self->attached_prev = self->attached_next = NULL;
+}
+
+static void core_close(gflpy_loop *self, int dying);
+
+/* atexit (early in Py_FinalizeEx, Python still whole): every loop still
+ * attached to a C host's loop closes (loop.close(), else a bare detach),
+ * so the host's loop never calls into the interpreter afterwards. */
+static PyObject *atexit_detach(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    while (attached_head) {
+        gflpy_loop *loop = attached_head;
+        Py_INCREF(loop);
+        PyObject *r = PyObject_CallMethod((PyObject *)loop, "close", NULL);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_WriteUnraisable((PyObject *)loop);
+        if (loop->core || attached_head == loop) {
+            loop->closed = 1;
+            core_close(loop, 0);
+        }
+        /* Still there: finalising on a thread that does not own the host's
+         * loop (detaching was deferred to it). Once the interpreter is
+         * gone the entry points do nothing, and nothing may pump meanwhile. */
+        if (attached_head == loop)
+            attached_remove(loop);
+        Py_DECREF(loop);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Py_AtExit: the interpreter is gone. */
+static void mark_gone(void)
+{
+    gflpy_gone = 1;
+}
+
+static PyMethodDef atexit_def = {"_atexit_detach", atexit_detach, METH_NOARGS, NULL};
+
+static int register_teardown(PyObject *module)
+{
+    static int done;
+    if (gflpy_gone) {
+        /* Our statics (interned names, cached functions, callbacks left in
+         * a host's loop) belong to the finalised interpreter. */
+        PyErr_SetString(PyExc_ImportError,
+                        "globeflower cannot be imported again after Py_FinalizeEx in the same process");
+        return -1;
+    }
+    if (done)
+        return 0;
+    PyObject *modname = PyModule_GetNameObject(module);
+    PyObject *fn = modname ? PyCFunction_NewEx(&atexit_def, NULL, modname) : NULL;
+    Py_XDECREF(modname);
+    PyObject *ax = fn ? PyImport_ImportModule("atexit") : NULL;
+    PyObject *r = ax ? PyObject_CallMethod(ax, "register", "O", fn) : NULL;
+    Py_XDECREF(ax);
+    Py_XDECREF(fn);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    if (Py_AtExit(mark_gone) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "globeflower: Py_AtExit is full");
+        return -1;
+    }
+    done = 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 
 static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -228,19 +519,35 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
      * keyword `_gfl_loop` (a capsule from a C host) is ours. */
     (void)args;
     PyObject *cap = kwds ? PyDict_GetItemString(kwds, "_gfl_loop") : NULL;
+    gfl_loop *host = NULL;
+    if (cap && cap != Py_None) {
+        /* Checked before the object exists (a half-made loop would meet
+         * asyncio's __del__). Validated without touching the pointer: a
+         * freed or closed loop, or one owned by another thread, is an
+         * error, never a use-after-free. */
+        gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
+        if (!l)
+            return NULL;
+        host = API->loop_acquire(l);
+        if (!host)
+            return PyErr_Format(PyExc_ValueError,
+                                "globeflower: the capsule does not name a live loop usable from this thread "
+                                "(freed, closed, or owned by another thread)");
+    }
     gflpy_loop *self = (gflpy_loop *)type->tp_alloc(type, 0);
-    if (!self)
+    if (!self) {
+        if (host)
+            API->loop_unref(host);
         return NULL;
+    }
     self->backend_fd = -1;
     self->sig_r = self->sig_w = -1;
     gflpy_heap_tune();
-    if (cap && cap != Py_None) {
-        gfl_loop *l = PyCapsule_GetPointer(cap, "globeflower.loop");
-        if (!l) {
-            Py_DECREF(self);
-            return NULL;
-        }
-        self->core = API->loop_ref(l);
+    if (host) {
+        self->core = host;
+        self->attached = 1;
+        attached_add(self);
+        return (PyObject *)self;
     } else {
         gfl_loop_options opts = {.size = sizeof opts, .before_poll = before_poll, .after_poll = after_poll,
                                  .poll_hook_ud = self};
@@ -265,12 +572,87 @@ static void watch_free(struct gflpy_watch **slot)
     PyMem_Free(w);
 }
 
-static void core_close(gflpy_loop *self)
+/* Detaching from a C host's loop: everything of Python's leaves the core
+ * (watchers, transports, the signal pipe) and Python's reference goes; the
+ * host's loop keeps running for the host. Callbacks of ours still queued
+ * there drop their handles without running them (see gflpy_handle_cb). */
+static void core_detach(gflpy_loop *self)
+{
+    attached_remove(self);
+    if (!self->core)
+        return;
+    if (self->ndirty)
+        gflpy_flush_writes(self);
+    sig_uninstall(self);
+    sig_pipe_close(self);
+    for (int i = 0; i < self->nwatch; i++) {
+        if (self->readers[i])
+            API->remove_reader(self->core, i);
+        if (self->writers[i])
+            API->remove_writer(self->core, i);
+    }
+    gflpy_transports_detach(self);
+    gfl_loop *core = self->core;
+    self->core = NULL;
+    if (API->loop_unref(core) < 0) {
+        /* Only from a thread that does not own the loop: the reference
+         * is left rather than touching the loop from here. */
+    }
+}
+
+/* The owner thread detaches a loop closed on another thread. */
+static void deferred_detach(void *arg)
+{
+    gflpy_loop *self = arg; /* a reference taken by core_close */
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return;
+    core_close(self, 0);
+    Py_DECREF(self);
+    gflpy_leave(&e);
+}
+
+/* An attached loop collected on a thread that does not own the host's
+ * loop: the core cannot be touched from here, so nothing it may still call
+ * may point at us (the watches and the signal pipe are left, inert). */
+static void neutralise(gflpy_loop *self)
+{
+    attached_remove(self);
+    for (int i = 0; i < self->nwatch; i++) {
+        struct gflpy_watch *ws[2] = {self->readers[i], self->writers[i]};
+        for (int k = 0; k < 2; k++) {
+            if (!ws[k])
+                continue;
+            ws[k]->loop = NULL; /* watch_cb does nothing then */
+            Py_CLEAR(ws[k]->handle);
+        }
+        self->readers[i] = self->writers[i] = NULL; /* left to the core */
+    }
+    self->sig_r = self->sig_w = -1; /* the pipe stays open for its watcher */
+    self->core = NULL;               /* and our reference is left too */
+}
+
+static void core_close(gflpy_loop *self, int dying)
 {
     gflpy_hosts_loop_closing(self); /* Python's exports go while the core works */
     if (self->ndirty)
         gflpy_flush_writes(self); /* only if closed from inside a callback */
-    if (self->core) {
+    /* Only the owner thread may detach from a host's loop (an fd of -1
+     * probes that without side effects). */
+    if (self->attached && self->core && API->remove_reader(self->core, -1) == GFL_EWRONGTHREAD) {
+        if (dying) {
+            neutralise(self);
+        } else {
+            Py_INCREF(self);
+            if (API->call_soon_threadsafe(self->core, deferred_detach, self) < 0)
+                Py_DECREF(self);
+            return;
+        }
+    }
+    if (self->attached) {
+        core_detach(self);
+    } else if (self->core) {
+        sig_uninstall(self);
         gfl_loop *core = self->core;
         /* Dropped callbacks release their handles from inside free; open
          * transports are left to their owners, as asyncio does. */
@@ -327,15 +709,22 @@ static void loop_dealloc(gflpy_loop *self)
     if (self->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)self);
     loop_clear(self);
-    core_close(self);
+    core_close(self, 1);
     PyMem_Free(self->dirty);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
+/* A C host may free its loop while Python is attached: the core then
+ * answers GFL_ECLOSED, and Python sees a closed loop. */
+static int core_closed(gflpy_loop *self)
+{
+    return !self->core || (self->attached && API->loop_is_closed(self->core) == 1);
+}
+
 static int check_open(gflpy_loop *self)
 {
-    if (self->closed || !self->core) {
+    if (self->closed || core_closed(self)) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
         return -1;
     }
@@ -346,7 +735,7 @@ static PyObject *loop_core_close(gflpy_loop *self, PyObject *unused)
 {
     (void)unused;
     self->closed = 1;
-    core_close(self);
+    core_close(self, 0);
     Py_RETURN_NONE;
 }
 
@@ -461,11 +850,18 @@ static int flush_xq(gflpy_loop *self)
     return rc;
 }
 
+/* Runs on the owner's thread; arg is a loop reference taken by the thread
+ * that queued (dropped here; leaked only if the core loop is freed first). */
 static void wake_cb(void *arg)
 {
     gflpy_loop *self = arg;
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return;
     if (flush_xq(self) < 0)
         PyErr_Clear();
+    Py_DECREF(self);
+    gflpy_leave(&e);
 }
 
 /* Schedules `h` from whatever thread we are on (see xq). */
@@ -486,7 +882,9 @@ static int schedule_handle(gflpy_loop *self, PyObject *h)
     if (PyList_Append(self->xq, h) < 0)
         return GFL_ENOMEM;
     /* Wakes the owner if it is polling (it flushes before each iteration). */
-    API->call_soon_threadsafe(self->core, wake_cb, self);
+    Py_INCREF(self);
+    if (API->call_soon_threadsafe(self->core, wake_cb, self) < 0)
+        Py_DECREF(self);
     return 0;
 }
 
@@ -698,35 +1096,10 @@ static int wait_backend(gflpy_loop *self, double timeout)
     return 0;
 }
 
-/* One asyncio iteration; -1 with an exception set on failure. */
-static int run_one(gflpy_loop *self)
+/* After a core run Python drove: the KeyboardInterrupt/SystemExit a
+ * callback raised, or the core's error. -1 with an exception, else 0. */
+static int run_result(gflpy_loop *self, int rc)
 {
-    if (check_open(self) < 0)
-        return -1;
-    int stop = self->stopping;
-    if (flush_xq(self) < 0)
-        stop = 1; /* not ours until run_once moves it here: no blocking */
-    double poll_timeout = 0;
-    double timeout = stop ? 0 : API->loop_backend_timeout(self->core);
-    if (timeout < 0 || (timeout > 0 && self->hooks > 1)) {
-        /* The core polls, releasing the GIL through our hooks. */
-        poll_timeout = -1;
-        /* A signal that came while callbacks ran in C. */
-        if (self->sig_installed && PyErr_CheckSignals() < 0)
-            return -1;
-    } else if (timeout > 0) {
-        /* A timer is due: libevent measures the poll's timeout with a coarse
-         * clock (CLOCK_MONOTONIC_COARSE, up to 4 ms late) unless the core
-         * asks for precise timers; poll the backend ourselves, rounding up
-         * to the millisecond like selectors do. */
-        if (wait_backend(self, timeout) < 0)
-            return -1;
-    }
-    /* One batch of writes per iteration (see batch_depth): sent before
-     * the next poll. */
-    gflpy_batch_begin(self);
-    int rc = API->loop_run_once(self->core, poll_timeout);
-    gflpy_batch_end(self);
     if (rc >= 0 && flush_xq(self) < 0)
         PyErr_Clear();
     if (self->pending_exc) {
@@ -736,6 +1109,25 @@ static int run_one(gflpy_loop *self)
         Py_DECREF(e);
         return -1;
     }
+    if (rc == GFL_ESTATE) {
+        PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
+        return -1;
+    }
+    if (rc == GFL_EINTR && self->core) {
+        /* Another loop object on this core (Loop.from_capsule) was
+         * interrupted by its callback while we pumped: raise it here. */
+        gfl_value *v = API->loop_take_interrupt(self->core);
+        const char *type = v ? API->value_error_type(v) : NULL;
+        const char *msg = v ? API->value_error_message(v) : NULL;
+        PyObject *cls = type && strcmp(type, "SystemExit") == 0 ? PyExc_SystemExit : PyExc_KeyboardInterrupt;
+        if (msg && *msg)
+            PyErr_SetString(cls, msg);
+        else
+            PyErr_SetNone(cls);
+        if (v)
+            API->value_unref(v);
+        return -1;
+    }
     if (rc < 0 && rc != GFL_ECLOSED) {
         gflpy_raise(rc);
         return -1;
@@ -743,15 +1135,58 @@ static int run_one(gflpy_loop *self)
     return PyErr_Occurred() ? -1 : 0;
 }
 
-static PyObject *loop_run_once(gflpy_loop *self, PyObject *unused)
+/* One asyncio iteration, polling for at most `cap` seconds (< 0: as long
+ * as the loop has nothing to do); -1 with an exception set on failure,
+ * else the number of callbacks run. */
+static int run_one(gflpy_loop *self, double cap)
+{
+    if (check_open(self) < 0)
+        return -1;
+    int stop = self->stopping;
+    if (flush_xq(self) < 0)
+        stop = 1; /* not ours until run_once moves it here: no blocking */
+    double poll_timeout = 0;
+    double timeout = stop ? 0 : API->loop_backend_timeout(self->core);
+    if (cap >= 0 && (timeout < 0 || timeout > cap))
+        timeout = cap;
+    if (timeout != 0 && self->hooks && (timeout < 0 || self->hooks > 1)) {
+        /* The core polls, releasing the GIL through our hooks. On the main
+         * thread a signal must end that poll: our pipe becomes Python's
+         * wakeup fd, set once and kept (not swapped on every pump). */
+        poll_timeout = timeout;
+        if (!self->sig_installed)
+            sig_install(self);
+        /* A signal that came while callbacks ran in C. */
+        if (self->sig_installed && PyErr_CheckSignals() < 0)
+            return -1;
+    } else if (timeout != 0) {
+        /* A timer is due: libevent measures the poll's timeout with a coarse
+         * clock (CLOCK_MONOTONIC_COARSE, up to 4 ms late) unless the core
+         * asks for precise timers; poll the backend ourselves, rounding up
+         * to the millisecond like selectors do. A C host's loop (no hooks)
+         * always waits here, without the GIL. */
+        if (wait_backend(self, timeout) < 0)
+            return -1;
+    }
+    /* One batch of writes per iteration (see batch_depth): sent before
+     * the next poll. */
+    gflpy_batch_begin(self);
+    self->py_running++;
+    PyThreadState *outer = gflpy_pump_tstate;
+    gflpy_pump_tstate = PyThreadState_Get();
+    int rc = API->loop_run_once(self->core, poll_timeout);
+    gflpy_pump_tstate = outer;
+    self->py_running--;
+    gflpy_batch_end(self);
+    if (run_result(self, rc) < 0)
+        return -1;
+    return rc < 0 ? 0 : rc;
+}
+
+static PyObject *loop_private_run_once(gflpy_loop *self, PyObject *unused)
 {
     (void)unused;
-    int installed = self->sig_installed;
-    sig_install(self);
-    int rc = run_one(self);
-    if (!installed)
-        sig_uninstall(self);
-    if (rc < 0)
+    if (run_one(self, -1) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -763,11 +1198,14 @@ static PyObject *loop_run_until_stopped(gflpy_loop *self, PyObject *unused)
     (void)unused;
     int installed = self->sig_installed;
     sig_install(self);
+    int was_set = self->running_set;
+    self->running_set = 1; /* by asyncio's run_forever set-up */
     int rc;
     for (;;) {
-        if ((rc = run_one(self)) < 0 || self->stopping)
+        if ((rc = run_one(self, -1)) < 0 || self->stopping)
             break;
     }
+    self->running_set = was_set;
     if (!installed)
         sig_uninstall(self);
     if (rc < 0)
@@ -775,16 +1213,122 @@ static PyObject *loop_run_until_stopped(gflpy_loop *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* loop.run_once(timeout=0) and loop.run_for(max_seconds): a frame of a
+ * Python-driven frame loop. The loop counts as running meanwhile
+ * (asyncio.get_running_loop() works in its callbacks) and what a callback
+ * raises as KeyboardInterrupt/SystemExit leaves the call. */
+static PyObject *pump(gflpy_loop *self, double seconds, int run_for)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    if (self->py_running || API->loop_is_running(self->core) == 1)
+        return PyErr_Format(PyExc_RuntimeError, "This event loop is already running");
+    PyObject *prev = running_loop_get();
+    if (!prev)
+        return NULL;
+    if (prev != Py_None && prev != (PyObject *)self) {
+        Py_DECREF(prev);
+        return PyErr_Format(PyExc_RuntimeError, "Cannot run the event loop while another loop is running");
+    }
+    /* Set by the first callback that runs (see gflpy_loop_enter). */
+    int was_set = self->running_set;
+    if (prev == (PyObject *)self)
+        self->running_set = 1;
+    else
+        self->lazy_running = 1;
+    self->lazy_done = 0;
+    int n;
+    if (run_for) {
+        if (flush_xq(self) < 0)
+            PyErr_Clear();
+        gflpy_batch_begin(self);
+        self->py_running++;
+        PyThreadState *outer = gflpy_pump_tstate;
+        gflpy_pump_tstate = PyThreadState_Get();
+        int rc = API->loop_run_for(self->core, seconds);
+        gflpy_pump_tstate = outer;
+        self->py_running--;
+        gflpy_batch_end(self);
+        n = run_result(self, rc) < 0 ? -1 : (rc < 0 ? 0 : rc);
+    } else {
+        n = run_one(self, seconds);
+    }
+    if (self->lazy_done) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (running_loop_set(prev == Py_None ? NULL : prev) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    self->running_set = was_set;
+    self->lazy_running = self->lazy_done = 0;
+    Py_DECREF(prev);
+    if (n < 0)
+        return NULL;
+    return PyLong_FromLong(n);
+}
+
+static PyObject *loop_run_once(gflpy_loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout", NULL};
+    PyObject *t = NULL;
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError, "run_once() takes at most 1 argument (%zd given)", nargs);
+    if (nargs == 1)
+        t = args[0];
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (t || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), names[0]) != 0)
+            return PyErr_Format(PyExc_TypeError, "run_once() got an unexpected keyword argument '%U'",
+                                PyTuple_GET_ITEM(kwnames, i));
+        t = args[nargs + i];
+    }
+    double timeout = 0;
+    if (t == Py_None) {
+        timeout = -1; /* until something happens */
+    } else if (t) {
+        timeout = PyFloat_AsDouble(t);
+        if (timeout == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (isnan(timeout) || timeout < 0)
+            return PyErr_Format(PyExc_ValueError, "run_once(): timeout must be >= 0 or None");
+    }
+    return pump(self, timeout, 0);
+}
+
+static PyObject *loop_run_for(gflpy_loop *self, PyObject *arg)
+{
+    double max_seconds = PyFloat_AsDouble(arg);
+    if (max_seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (isnan(max_seconds) || max_seconds < 0)
+        return PyErr_Format(PyExc_ValueError, "run_for(): max_seconds must be >= 0");
+    return pump(self, max_seconds, 1);
+}
+
 /* ------------------------------------------------------------------ */
 /* fd watchers (asyncio's _add_reader & co.)                            */
+
+static void watch_run(gflpy_loop *loop, struct gflpy_watch *w, PyObject *h);
 
 static void watch_cb(void *arg)
 {
     struct gflpy_watch *w = arg;
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return;
     gflpy_loop *loop = w->loop;
     PyObject *h = w->handle;
-    if (loop->pending_exc || !h)
+    if (!loop || loop->pending_exc || !h || !loop->core || (loop->attached && loop->closed)) {
+        gflpy_leave(&e);
         return; /* level-triggered: it fires again next iteration */
+    }
+    gflpy_loop_enter(loop, &e);
+    watch_run(loop, w, h);
+    gflpy_leave(&e);
+}
+
+static void watch_run(gflpy_loop *loop, struct gflpy_watch *w, PyObject *h)
+{
     if (GFLPY_SLOT(h, gflpy_hoff.cancelled) == Py_True) {
         /* asyncio drops a watcher whose handle was cancelled. */
         struct gflpy_watch **slot = w->writer ? &loop->writers[w->fd] : &loop->readers[w->fd];
@@ -1052,6 +1596,20 @@ static PyObject *get_closed_attr(gflpy_loop *self, void *c)
     return PyBool_FromLong(self->closed);
 }
 
+/* An attached loop whose C host freed (closed) its loop. */
+static PyObject *loop_host_closed(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->attached && self->core && API->loop_is_closed(self->core) == 1);
+}
+
+/* True for a loop attached to a C host's loop (from_capsule). */
+static PyObject *loop_is_attached(gflpy_loop *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->attached);
+}
+
 static int set_closed_attr(gflpy_loop *self, PyObject *v, void *c)
 {
     (void)c;
@@ -1103,7 +1661,13 @@ static PyMethodDef loop_methods[] = {
     {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"create_future", (PyCFunction)loop_create_future, METH_NOARGS, "Create a Future object attached to the loop."},
     {"_timer_handle_cancelled", (PyCFunction)loop_timer_handle_cancelled, METH_O, NULL},
-    {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, NULL},
+    {"_run_once", (PyCFunction)loop_private_run_once, METH_NOARGS, NULL},
+    {"run_once", (PyCFunction)(void (*)(void))loop_run_once, METH_FASTCALL | METH_KEYWORDS,
+     "run_once(timeout=0): one iteration of the loop, polling I/O for at most `timeout` seconds (0: never "
+     "block; None: until something happens). Returns the number of callbacks run."},
+    {"run_for", (PyCFunction)loop_run_for, METH_O,
+     "run_for(max_seconds): non-blocking iterations until the loop is idle or max_seconds have passed. "
+     "Returns the number of callbacks run."},
     {"_run_until_stopped", (PyCFunction)loop_run_until_stopped, METH_NOARGS, NULL},
     {"_add_callback", (PyCFunction)loop_add_callback, METH_O, NULL},
     {"_add_reader", (PyCFunction)(void (*)(void))loop_add_reader, METH_FASTCALL, NULL},
@@ -1112,6 +1676,9 @@ static PyMethodDef loop_methods[] = {
     {"_remove_writer", (PyCFunction)loop_remove_writer, METH_O, NULL},
     {"_get_watch", (PyCFunction)loop_get_watch, METH_VARARGS, NULL},
     {"_core_close", (PyCFunction)loop_core_close, METH_NOARGS, NULL},
+    {"_gfl_host_closed", (PyCFunction)loop_host_closed, METH_NOARGS, NULL},
+    {"is_attached", (PyCFunction)loop_is_attached, METH_NOARGS,
+     "True when the loop is a C host's (Loop.from_capsule): close() then detaches and never frees it."},
     {"_capsule", (PyCFunction)loop_capsule, METH_NOARGS,
      "A PyCapsule (name \"globeflower.loop\") holding the core gfl_loop* (borrowed)."},
     {"_make_read_pipe_transport", (PyCFunction)(void (*)(void))gflpy_make_read_pipe_transport, METH_VARARGS | METH_KEYWORDS, NULL},
@@ -1152,6 +1719,8 @@ int gflpy_loop_init_type(PyObject *module)
 {
     gflpy_LoopType = (PyTypeObject *)PyType_FromSpec(&loop_spec);
     if (!gflpy_LoopType)
+        return -1;
+    if (register_teardown(module) < 0)
         return -1;
     if (gflpy_sock_init(gflpy_LoopType) < 0)
         return -1;

@@ -52,9 +52,27 @@ static void report_accept_error(core_server *self)
         gflpy_loop_report(self->loop, NULL);
 }
 
+static int accept_factory_body(core_server *self, gfl_transport *t, const gfl_protocol **proto, void **ud);
+
+/* Core -> Python: the GIL, the running loop while a host pumps, nothing
+ * once the interpreter is gone (see gflpy_enter). */
 static int accept_factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void **ud)
 {
     core_server *self = fud;
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return GFL_ECANCELED;
+    int rc = GFL_ECANCELED; /* the loop closed: the core drops the connection */
+    if (self->loop && self->loop->core && self->protocol_factory) {
+        gflpy_loop_enter(self->loop, &e);
+        rc = accept_factory_body(self, t, proto, ud);
+    }
+    gflpy_leave(&e);
+    return rc;
+}
+
+static int accept_factory_body(core_server *self, gfl_transport *t, const gfl_protocol **proto, void **ud)
+{
     PyObject *protocol = PyObject_CallNoArgs(self->protocol_factory);
     if (!protocol || gflpy_transport_accepted(self->loop, t, protocol, self->server, proto, ud) < 0) {
         Py_XDECREF(protocol);
@@ -67,7 +85,7 @@ static int accept_factory(void *fud, gfl_transport *t, const gfl_protocol **prot
 
 static void factory_release(void *fud)
 {
-    Py_DECREF((PyObject *)fud);
+    gflpy_release_object(fud);
 }
 
 /* CoreServer(loop, protocol_factory, sock, server, backlog) */
@@ -207,13 +225,13 @@ static void dg_call_owner(core_dgram *self, const char *method, PyObject *arg)
         gflpy_loop_report(self->loop, NULL);
 }
 
-static void dg_made(gfl_transport *t, void *ud)
+static void dg_made_body(gfl_transport *t, void *ud)
 {
     (void)t;
     dg_call_owner(ud, "_gfl_made", NULL);
 }
 
-static void dg_received(gfl_transport *t, const void *data, size_t len, const struct sockaddr *addr, socklen_t alen, void *ud)
+static void dg_received_body(gfl_transport *t, const void *data, size_t len, const struct sockaddr *addr, socklen_t alen, void *ud)
 {
     (void)t;
     core_dgram *self = ud;
@@ -241,7 +259,7 @@ static void dg_received(gfl_transport *t, const void *data, size_t len, const st
         gflpy_loop_report(self->loop, NULL);
 }
 
-static void dg_error(gfl_transport *t, gfl_value *error, void *ud)
+static void dg_error_body(gfl_transport *t, gfl_value *error, void *ud)
 {
     (void)t;
     core_dgram *self = ud;
@@ -257,7 +275,7 @@ static void dg_error(gfl_transport *t, gfl_value *error, void *ud)
     PyErr_Clear();
 }
 
-static void dg_lost(gfl_transport *t, gfl_value *error, void *ud)
+static void dg_lost_body(gfl_transport *t, gfl_value *error, void *ud)
 {
     (void)t;
     core_dgram *self = ud; /* the core's reference: dropped here */
@@ -280,16 +298,65 @@ static void dg_lost(gfl_transport *t, gfl_value *error, void *ud)
     Py_DECREF(self);
 }
 
-static void dg_pause(gfl_transport *t, void *ud)
+static void dg_pause_body(gfl_transport *t, void *ud)
 {
     (void)t;
     dg_call_owner(ud, "_gfl_pause", NULL);
 }
 
-static void dg_resume(gfl_transport *t, void *ud)
+static void dg_resume_body(gfl_transport *t, void *ud)
 {
     (void)t;
     dg_call_owner(ud, "_gfl_resume", NULL);
+}
+
+/* Core -> Python entry points (see gflpy_enter). */
+#define DG_ENTER(ud)                          \
+    gflpy_entry e_;                           \
+    if (gflpy_gil_enter(&e_) < 0)             \
+        return;                               \
+    gflpy_loop_enter(((core_dgram *)(ud))->loop, &e_)
+
+static void dg_made(gfl_transport *t, void *ud)
+{
+    DG_ENTER(ud);
+    dg_made_body(t, ud);
+    gflpy_leave(&e_);
+}
+
+static void dg_received(gfl_transport *t, const void *data, size_t len, const struct sockaddr *addr, socklen_t alen, void *ud)
+{
+    DG_ENTER(ud);
+    dg_received_body(t, data, len, addr, alen, ud);
+    gflpy_leave(&e_);
+}
+
+static void dg_error(gfl_transport *t, gfl_value *error, void *ud)
+{
+    DG_ENTER(ud);
+    dg_error_body(t, error, ud);
+    gflpy_leave(&e_);
+}
+
+static void dg_lost(gfl_transport *t, gfl_value *error, void *ud)
+{
+    DG_ENTER(ud);
+    dg_lost_body(t, error, ud);
+    gflpy_leave(&e_);
+}
+
+static void dg_pause(gfl_transport *t, void *ud)
+{
+    DG_ENTER(ud);
+    dg_pause_body(t, ud);
+    gflpy_leave(&e_);
+}
+
+static void dg_resume(gfl_transport *t, void *ud)
+{
+    DG_ENTER(ud);
+    dg_resume_body(t, ud);
+    gflpy_leave(&e_);
 }
 
 static const gfl_datagram_protocol dg_proto = {

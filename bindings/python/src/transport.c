@@ -69,6 +69,10 @@ typedef struct tr {
     int dirty;           /* in loop->dirty */
     size_t pending_size;
     size_t pending_room; /* the high-water mark: above it, send at once */
+    /* Linked in loop->tr_head while the core holds us (factory until
+     * connection_lost): what a detaching loop must abort. */
+    PyObject *tr_prev, *tr_next;
+    int linked;
 } tr;
 
 static Py_ssize_t tr_off;      /* where struct tr starts */
@@ -82,6 +86,7 @@ static int nbase_slots;
 
 static const gfl_protocol plain_proto;
 static const gfl_protocol buffered_proto;
+static const gfl_protocol detached_proto;
 static void pending_release(tr *s);
 
 /* Interned method names, for PyObject_VectorcallMethod on the hot paths. */
@@ -178,7 +183,7 @@ static int bind_protocol(PyObject *self, PyObject *protocol)
 /* ------------------------------------------------------------------ */
 /* Core -> protocol trampolines (ud is the Python transport)            */
 
-static void p_connection_made(gfl_transport *t, void *ud)
+static void b_connection_made(gfl_transport *t, void *ud)
 {
     (void)t;
     PyObject *self = ud;
@@ -202,7 +207,7 @@ static void p_connection_made(gfl_transport *t, void *ud)
     Py_DECREF(self);
 }
 
-static void p_data_received(gfl_transport *t, const void *data, size_t len, void *ud)
+static void b_data_received(gfl_transport *t, const void *data, size_t len, void *ud)
 {
     (void)t;
     PyObject *self = ud;
@@ -231,7 +236,7 @@ static void p_data_received(gfl_transport *t, const void *data, size_t len, void
     Py_DECREF(self);
 }
 
-static int p_eof_received(gfl_transport *t, void *ud)
+static int b_eof_received(gfl_transport *t, void *ud)
 {
     (void)t;
     PyObject *self = ud;
@@ -258,31 +263,88 @@ static void release_buf(tr *s)
     }
 }
 
-static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
+static void tr_link(PyObject *self)
+{
+    tr *s = TR(self);
+    gflpy_loop *loop = s->loop;
+    if (s->linked || !loop)
+        return;
+    s->tr_prev = NULL;
+    s->tr_next = loop->tr_head;
+    if (loop->tr_head)
+        TR(loop->tr_head)->tr_prev = self;
+    loop->tr_head = self;
+    s->linked = 1;
+}
+
+static void tr_unlink(PyObject *self)
+{
+    tr *s = TR(self);
+    gflpy_loop *loop = s->loop;
+    if (!s->linked)
+        return;
+    if (s->tr_prev)
+        TR(s->tr_prev)->tr_next = s->tr_next;
+    else
+        loop->tr_head = s->tr_next;
+    if (s->tr_next)
+        TR(s->tr_next)->tr_prev = s->tr_prev;
+    s->tr_prev = s->tr_next = NULL;
+    s->linked = 0;
+}
+
+/* The loop goes away with the transport open: as asyncio, the protocol
+ * gets no connection_lost and the user's socket or pipe stays open (theirs
+ * to close); the core's reference is dropped. */
+static void orphan(PyObject *self)
+{
+    tr *s = TR(self);
+    tr_unlink(self);
+    s->lost = 1;
+    release_buf(s);
+    pending_release(s);
+    s->orphaned = 1;
+    Py_CLEAR(s->lost_exc);
+    Py_CLEAR(s->waiter);
+    if (s->sock && s->own_sock) {
+        PyObject *r = call_method(s->sock, s_close, NULL);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_Clear();
+    }
+    Py_CLEAR(s->server);
+    Py_DECREF(self);
+}
+
+void gflpy_transports_detach(gflpy_loop *loop)
+{
+    while (loop->tr_head) {
+        PyObject *self = loop->tr_head;
+        tr *s = TR(self);
+        Py_INCREF(self);
+        if (s->t) {
+            API->transport_set_protocol(s->t, &detached_proto, NULL);
+            API->transport_abort(s->t);
+        }
+        orphan(self); /* unlinks it, drops the core's reference */
+        Py_DECREF(self);
+    }
+}
+
+static void b_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
 {
     (void)t;
     PyObject *self = ud; /* the reference the core held: dropped below */
     tr *s = TR(self);
+    if (s->loop && s->loop->freeing_core) {
+        orphan(self);
+        return;
+    }
+    tr_unlink(self);
     s->lost = 1;
     release_buf(s);
     pending_release(s);
-    if (s->loop && s->loop->freeing_core) {
-        /* loop.close() with the transport open: asyncio neither calls
-         * connection_lost nor closes the user's socket or pipe. */
-        s->orphaned = 1;
-        Py_CLEAR(s->lost_exc);
-        Py_CLEAR(s->waiter);
-        if (s->sock && s->own_sock) {
-            PyObject *r = call_method(s->sock, s_close, NULL);
-            if (r)
-                Py_DECREF(r);
-            else
-                PyErr_Clear();
-        }
-        Py_CLEAR(s->server);
-        Py_DECREF(self);
-        return;
-    }
     PyObject *exc = s->lost_exc;
     s->lost_exc = NULL;
     if (!exc && error)
@@ -331,7 +393,7 @@ static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
     Py_DECREF(self);
 }
 
-static void p_pause_writing(gfl_transport *t, void *ud)
+static void b_pause_writing(gfl_transport *t, void *ud)
 {
     (void)t;
     PyObject *self = ud;
@@ -343,7 +405,7 @@ static void p_pause_writing(gfl_transport *t, void *ud)
         report(self, "protocol.pause_writing() failed", 0);
 }
 
-static void p_resume_writing(gfl_transport *t, void *ud)
+static void b_resume_writing(gfl_transport *t, void *ud)
 {
     (void)t;
     PyObject *self = ud;
@@ -355,7 +417,7 @@ static void p_resume_writing(gfl_transport *t, void *ud)
         report(self, "protocol.resume_writing() failed", 0);
 }
 
-static void *p_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
+static void *b_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
 {
     (void)t;
     (void)hint;
@@ -397,7 +459,7 @@ static void *p_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
     return NULL;
 }
 
-static void p_buffer_updated(gfl_transport *t, size_t n, void *ud)
+static void b_buffer_updated(gfl_transport *t, size_t n, void *ud)
 {
     (void)t;
     PyObject *self = ud;
@@ -420,6 +482,78 @@ static void p_buffer_updated(gfl_transport *t, size_t n, void *ud)
     Py_DECREF(loop);
     Py_DECREF(self);
 }
+
+/* The core's entry points: the GIL (the host may pump without it), the
+ * running loop while the host pumps, nothing at all once the interpreter
+ * is gone. */
+#define ENTER(ud, fail)                                  \
+    gflpy_entry e_;                                      \
+    if (gflpy_gil_enter(&e_) < 0)                        \
+        return fail;                                     \
+    gflpy_loop_enter(TR((PyObject *)(ud))->loop, &e_)
+#define LEAVE() gflpy_leave(&e_)
+
+static void p_connection_made(gfl_transport *t, void *ud)
+{
+    ENTER(ud, );
+    b_connection_made(t, ud);
+    LEAVE();
+}
+
+static void p_data_received(gfl_transport *t, const void *data, size_t len, void *ud)
+{
+    ENTER(ud, );
+    b_data_received(t, data, len, ud);
+    LEAVE();
+}
+
+static int p_eof_received(gfl_transport *t, void *ud)
+{
+    ENTER(ud, 0);
+    int keep = b_eof_received(t, ud);
+    LEAVE();
+    return keep;
+}
+
+static void p_connection_lost(gfl_transport *t, gfl_value *error, void *ud)
+{
+    ENTER(ud, );
+    b_connection_lost(t, error, ud);
+    LEAVE();
+}
+
+static void p_pause_writing(gfl_transport *t, void *ud)
+{
+    ENTER(ud, );
+    b_pause_writing(t, ud);
+    LEAVE();
+}
+
+static void p_resume_writing(gfl_transport *t, void *ud)
+{
+    ENTER(ud, );
+    b_resume_writing(t, ud);
+    LEAVE();
+}
+
+static void *p_get_buffer(gfl_transport *t, size_t hint, size_t *size, void *ud)
+{
+    ENTER(ud, NULL);
+    void *buf = b_get_buffer(t, hint, size, ud);
+    LEAVE();
+    return buf;
+}
+
+static void p_buffer_updated(gfl_transport *t, size_t n, void *ud)
+{
+    ENTER(ud, );
+    b_buffer_updated(t, n, ud);
+    LEAVE();
+}
+
+/* Given to the core's transports when Python detaches from a C host's
+ * loop: the core never calls Python for them again. */
+static const gfl_protocol detached_proto = {.size = sizeof(gfl_protocol)};
 
 static const gfl_protocol plain_proto = {
     .size = sizeof(gfl_protocol),
@@ -450,6 +584,7 @@ static int factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void
     *proto = s->buffered ? &buffered_proto : &plain_proto;
     Py_INCREF(self); /* held by the core until connection_lost */
     *ud = self;
+    tr_link(self);
     return 0;
 }
 
@@ -1494,9 +1629,26 @@ static void op_capsule_free(PyObject *cap)
         op_unref(op);
 }
 
+static int connect_factory_body(core_op *op, gfl_transport *t, const gfl_protocol **proto, void **ud);
+
 static int connect_factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void **ud)
 {
     core_op *op = fud;
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return GFL_ECANCELED; /* the interpreter is gone */
+    if (!op->loop->core) {
+        gflpy_leave(&e); /* the loop closed meanwhile: refuse the connection */
+        return GFL_ECANCELED;
+    }
+    gflpy_loop_enter(op->loop, &e);
+    int rc = connect_factory_body(op, t, proto, ud);
+    gflpy_leave(&e);
+    return rc;
+}
+
+static int connect_factory_body(core_op *op, gfl_transport *t, const gfl_protocol **proto, void **ud)
+{
     PyObject *protocol = PyObject_CallNoArgs(op->factory);
     if (!protocol || gflpy_transport_accepted(op->loop, t, protocol, NULL, proto, ud) < 0) {
         Py_XDECREF(protocol);
@@ -1556,9 +1708,21 @@ static void fut_call(PyObject *fut, const char *method, PyObject *arg)
         PyErr_WriteUnraisable(fut);
 }
 
+static void op_done_body(gfl_future *f, core_op *op);
+
 static void op_done(gfl_future *f, void *arg)
 {
     core_op *op = arg;
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return;
+    gflpy_loop_enter(op->loop->core ? op->loop : NULL, &e);
+    op_done_body(f, op);
+    gflpy_leave(&e);
+}
+
+static void op_done_body(gfl_future *f, core_op *op)
+{
     op->cf = NULL;
     int state = API->future_state_of(f);
     PyObject *r = PyObject_CallMethod(op->fut, "done", NULL);
