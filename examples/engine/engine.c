@@ -217,6 +217,8 @@ int main(int argc, char **argv)
             break;
         }
         work[n] = now() - start;
+        if (getenv("ENGINE_TRACE") && work[n] > 0.001)
+            fprintf(stderr, "frame %ld: %.3f ms (%d callbacks)\n", n, work[n] * 1e3, rc);
         next += period;
         sleep_until(next); /* "render" */
     }
