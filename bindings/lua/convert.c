@@ -24,7 +24,7 @@
 
 struct conv {
     lua_State *L;
-    gfl_lua_rt *rt;
+    gfl_lua_rt *rt; /* set when the value is a table / container */
     int visiting; /* stack index of the set of tables being converted */
     int array_mt; /* stack index of gfl.array_mt */
     char *err;
@@ -370,7 +370,6 @@ static void conv_init(struct conv *c, lua_State *L, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     c->L = L;
-    c->rt = gfl_lua_rt_get(L);
     c->err = err;
     c->errlen = errlen;
     err[0] = '\0';
@@ -382,7 +381,8 @@ gfl_value *gfl_lua_to_value(lua_State *L, int idx, char *err, size_t errlen)
     struct conv c;
     conv_init(&c, L, err, errlen);
     if (lua_type(L, idx) != LUA_TTABLE)
-        return to_value(&c, idx, 0);
+        return to_value(&c, idx, 0); /* no table: no runtime lookup */
+    c.rt = gfl_lua_rt_get(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c.rt->ref_array_mt);
     c.array_mt = lua_gettop(L);
     lua_newtable(L);
@@ -589,6 +589,7 @@ int gfl_lua_push_value(lua_State *L, gfl_value *v, char *err, size_t errlen)
     int type = GFL->value_type_of(v);
     if (type != GFL_VALUE_ARRAY && type != GFL_VALUE_MAP)
         return push_value(&c, v);
+    c.rt = gfl_lua_rt_get(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c.rt->ref_array_mt);
     c.array_mt = lua_gettop(L);
     int ok = push_value(&c, v);

@@ -72,10 +72,9 @@ static int l_plugin_load(lua_State *L)
     return 2;
 }
 
-/* "plugin <name>: <function>" for messages */
-static void describe(lua_State *L, struct handle *h, const char *fname, char *out, size_t len)
+/* "<plugin>.<function>" for messages */
+static void describe(struct handle *h, const char *fname, char *out, size_t len)
 {
-    (void)L;
     snprintf(out, len, "%s.%s", GFL->plugin_name(h->plugin), fname);
 }
 
@@ -86,7 +85,7 @@ static int l_plugin_call(lua_State *L)
     struct handle *h = check_handle(L);
     const char *fname = luaL_checkstring(L, 2);
     char what[160];
-    describe(L, h, fname, what, sizeof what);
+    describe(h, fname, what, sizeof what);
     int n = lua_gettop(L) - 2;
     gfl_value **args = gfl_lua_check_args(L, 3, n, what);
     gfl_value *result = NULL;
@@ -117,7 +116,7 @@ static int l_plugin_call_async(lua_State *L)
     struct handle *h = check_handle(L);
     const char *fname = luaL_checkstring(L, 2);
     char what[160];
-    describe(L, h, fname, what, sizeof what);
+    describe(h, fname, what, sizeof what);
     int n = lua_gettop(L) - 2;
     gfl_value **args = gfl_lua_check_args(L, 3, n, what);
     gfl_future *f = GFL->plugin_call_async(h->plugin, fname, rt->loop, args, (size_t)n);
