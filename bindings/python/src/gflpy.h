@@ -135,29 +135,49 @@ int gflpy_loop_init_type(PyObject *module);
  * entry point then returns at once, touching nothing of Python. */
 extern volatile int gflpy_gone;
 
-/* The thread state that drives this thread's core iteration from Python
- * (run_forever, run_once, run_for), else NULL: while it is the current
- * one, the GIL is held and entries need not take it. */
-extern _Thread_local PyThreadState *gflpy_pump_tstate;
-
 typedef struct gflpy_entry {
+    int fast;          /* nothing was done: see gflpy_enter */
     PyGILState_STATE gil;
-    int gil_taken;     /* PyGILState_Ensure was called (the host pumps) */
+    int gil_taken;     /* PyGILState_Ensure was called (the thread did not hold it) */
     gflpy_loop *loop;  /* set when this entry set asyncio's running loop */
     PyObject *prev;    /* the running loop it replaced (a reference, or NULL) */
 } gflpy_entry;
+
+/* gflpy_enter in two steps, for callbacks that find their loop only with
+ * the GIL held: gflpy_gil_enter (-1: gone), then gflpy_loop_enter. */
+int gflpy_gil_enter(gflpy_entry *e);
+void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e);
+void gflpy_leave_slow(gflpy_entry *e);
 
 /* Every core -> Python callback starts with gflpy_enter and ends with
  * gflpy_leave: -1 means the interpreter is gone (do nothing at all, not
  * even a Py_DECREF); 0 means the GIL is held (taken if the host pumps
  * without it) and, when the host pumps `loop` (NULL: not a loop
- * callback), asyncio's running loop is `loop` until gflpy_leave. */
-int gflpy_enter(gflpy_loop *loop, gflpy_entry *e);
-void gflpy_leave(gflpy_entry *e);
-/* gflpy_enter in two steps, for callbacks that find their loop only with
- * the GIL held: gflpy_gil_enter (-1: gone), then gflpy_loop_enter. */
-int gflpy_gil_enter(gflpy_entry *e);
-void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e);
+ * callback), asyncio's running loop is `loop` until gflpy_leave.
+ *
+ * `loop` may be read before the GIL is held: a loop's callbacks run on the
+ * one thread iterating it, the only thread that changes py_running and
+ * running_set; so when Python's own pump of `loop` is what runs us, this
+ * thread holds the GIL and the running loop is set: nothing to do (the hot
+ * path of run_forever). */
+static inline int gflpy_enter(gflpy_loop *loop, gflpy_entry *e)
+{
+    if (gflpy_gone)
+        return -1;
+    if (loop && loop->py_running && loop->running_set) {
+        e->fast = 1;
+        return 0;
+    }
+    gflpy_gil_enter(e);
+    gflpy_loop_enter(loop, e);
+    return 0;
+}
+
+static inline void gflpy_leave(gflpy_entry *e)
+{
+    if (!e->fast)
+        gflpy_leave_slow(e);
+}
 /* The core's reference to a Python object is dropped from a release
  * function (no-op once the interpreter is gone). */
 void gflpy_release_object(void *obj);

@@ -168,9 +168,13 @@ void gflpy_handle_cb(void *arg)
 {
     PyObject *h = arg; /* our reference, handed over by the core */
     gflpy_entry e;
-    if (gflpy_gil_enter(&e) < 0)
+    if (gflpy_gone)
         return; /* the interpreter is gone: nothing of it may be touched */
+    /* The handle's loop slot is set when it is made and stays (the core's
+     * reference keeps the handle whole): readable before the GIL is held,
+     * on this, the loop's thread (see gflpy_enter). */
     gflpy_loop *loop = (gflpy_loop *)GFLPY_SLOT(h, gflpy_hoff.loop);
+    gflpy_enter(loop, &e);
     if (!loop || !loop->core || (loop->attached && loop->closed)) {
         /* Closed (detached from a C host's loop): dropped unrun, as a
          * closed asyncio loop drops its ready handles. */
@@ -184,7 +188,6 @@ void gflpy_handle_cb(void *arg)
         gflpy_leave(&e);
         return;
     }
-    gflpy_loop_enter(loop, &e);
     if (Py_TYPE(h) == (PyTypeObject *)gflpy.TimerHandle)
         gflpy_slot_set(h, gflpy_hoff.scheduled, Py_False);
     Py_INCREF(loop);

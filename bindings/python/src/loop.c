@@ -43,10 +43,8 @@ struct gflpy_watch {
 /* Entering Python from the core                                       */
 
 volatile int gflpy_gone;
-_Thread_local PyThreadState *gflpy_pump_tstate;
-
-/* The thread state holding the GIL on this thread, or NULL (no check, no
- * error: what the current-tstate pointer says). */
+/* The thread state holding the GIL (3.12+: this thread's, if it holds
+ * it), or NULL: no check, no error. */
 static inline PyThreadState *current_tstate(void)
 {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -98,8 +96,11 @@ int gflpy_gil_enter(gflpy_entry *e)
 {
     if (gflpy_gone)
         return -1;
-    /* The cheap case: Python drives this thread's iteration, GIL held. */
-    e->gil_taken = !gflpy_pump_tstate || gflpy_pump_tstate != current_tstate();
+    e->fast = 0;
+    /* The cheap case (Python's own pumps, a host holding the GIL): this
+     * thread's state is the one holding the GIL; else take it. */
+    PyThreadState *mine = PyGILState_GetThisThreadState();
+    e->gil_taken = !mine || mine != current_tstate();
     if (e->gil_taken)
         e->gil = PyGILState_Ensure();
     e->loop = NULL;
@@ -145,15 +146,7 @@ void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e)
     e->prev = cur;
 }
 
-int gflpy_enter(gflpy_loop *loop, gflpy_entry *e)
-{
-    if (gflpy_gil_enter(e) < 0)
-        return -1;
-    gflpy_loop_enter(loop, e);
-    return 0;
-}
-
-void gflpy_leave(gflpy_entry *e)
+void gflpy_leave_slow(gflpy_entry *e)
 {
     if (e->loop) {
         gflpy_loop *loop = e->loop;
@@ -717,12 +710,12 @@ static void loop_dealloc(gflpy_loop *self)
 
 /* A C host may free its loop while Python is attached: the core then
  * answers GFL_ECLOSED, and Python sees a closed loop. */
-static int core_closed(gflpy_loop *self)
+static inline int core_closed(gflpy_loop *self)
 {
     return !self->core || (self->attached && API->loop_is_closed(self->core) == 1);
 }
 
-static int check_open(gflpy_loop *self)
+static inline int check_open(gflpy_loop *self)
 {
     if (self->closed || core_closed(self)) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -828,10 +821,19 @@ static void wake_cb(void *arg);
 
 /* Moves the handles other threads queued into the core, in order. Stops
  * (leaving the rest) if this thread does not own the core loop either. */
-static int flush_xq(gflpy_loop *self)
+static int flush_xq_slow(gflpy_loop *self);
+
+/* Inline: it runs twice per iteration and once per call_soon, and the
+ * list is almost always empty. */
+static inline int flush_xq(gflpy_loop *self)
 {
     if (!self->xq || PyList_GET_SIZE(self->xq) == 0 || !self->core)
         return 0;
+    return flush_xq_slow(self);
+}
+
+static int flush_xq_slow(gflpy_loop *self)
+{
     Py_ssize_t n = PyList_GET_SIZE(self->xq), i;
     int rc = 0;
     for (i = 0; i < n; i++) {
@@ -1098,7 +1100,7 @@ static int wait_backend(gflpy_loop *self, double timeout)
 
 /* After a core run Python drove: the KeyboardInterrupt/SystemExit a
  * callback raised, or the core's error. -1 with an exception, else 0. */
-static int run_result(gflpy_loop *self, int rc)
+static inline __attribute__((always_inline)) int run_result(gflpy_loop *self, int rc)
 {
     if (rc >= 0 && flush_xq(self) < 0)
         PyErr_Clear();
@@ -1172,10 +1174,7 @@ static int run_one(gflpy_loop *self, double cap)
      * the next poll. */
     gflpy_batch_begin(self);
     self->py_running++;
-    PyThreadState *outer = gflpy_pump_tstate;
-    gflpy_pump_tstate = PyThreadState_Get();
     int rc = API->loop_run_once(self->core, poll_timeout);
-    gflpy_pump_tstate = outer;
     self->py_running--;
     gflpy_batch_end(self);
     if (run_result(self, rc) < 0)
@@ -1243,10 +1242,7 @@ static PyObject *pump(gflpy_loop *self, double seconds, int run_for)
             PyErr_Clear();
         gflpy_batch_begin(self);
         self->py_running++;
-        PyThreadState *outer = gflpy_pump_tstate;
-        gflpy_pump_tstate = PyThreadState_Get();
         int rc = API->loop_run_for(self->core, seconds);
-        gflpy_pump_tstate = outer;
         self->py_running--;
         gflpy_batch_end(self);
         n = run_result(self, rc) < 0 ? -1 : (rc < 0 ? 0 : rc);
@@ -1314,15 +1310,16 @@ static void watch_cb(void *arg)
 {
     struct gflpy_watch *w = arg;
     gflpy_entry e;
-    if (gflpy_gil_enter(&e) < 0)
-        return;
+    /* w->loop: set at creation (NULL once neutralised), read on the loop's
+     * own thread (see gflpy_enter). */
     gflpy_loop *loop = w->loop;
+    if (gflpy_enter(loop, &e) < 0)
+        return;
     PyObject *h = w->handle;
     if (!loop || loop->pending_exc || !h || !loop->core || (loop->attached && loop->closed)) {
         gflpy_leave(&e);
         return; /* level-triggered: it fires again next iteration */
     }
-    gflpy_loop_enter(loop, &e);
     watch_run(loop, w, h);
     gflpy_leave(&e);
 }

@@ -311,11 +311,10 @@ static void dg_resume_body(gfl_transport *t, void *ud)
 }
 
 /* Core -> Python entry points (see gflpy_enter). */
-#define DG_ENTER(ud)                          \
-    gflpy_entry e_;                           \
-    if (gflpy_gil_enter(&e_) < 0)             \
-        return;                               \
-    gflpy_loop_enter(((core_dgram *)(ud))->loop, &e_)
+#define DG_ENTER(ud)                                       \
+    gflpy_entry e_;                                        \
+    if (gflpy_enter(((core_dgram *)(ud))->loop, &e_) < 0)  \
+        return
 
 static void dg_made(gfl_transport *t, void *ud)
 {

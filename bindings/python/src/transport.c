@@ -485,12 +485,12 @@ static void b_buffer_updated(gfl_transport *t, size_t n, void *ud)
 
 /* The core's entry points: the GIL (the host may pump without it), the
  * running loop while the host pumps, nothing at all once the interpreter
- * is gone. */
+ * is gone. The transport's loop is fixed at creation and the core holds
+ * the transport: readable before the GIL (see gflpy_enter). */
 #define ENTER(ud, fail)                                  \
     gflpy_entry e_;                                      \
-    if (gflpy_gil_enter(&e_) < 0)                        \
-        return fail;                                     \
-    gflpy_loop_enter(TR((PyObject *)(ud))->loop, &e_)
+    if (gflpy_enter(TR((PyObject *)(ud))->loop, &e_) < 0) \
+        return fail
 #define LEAVE() gflpy_leave(&e_)
 
 static void p_connection_made(gfl_transport *t, void *ud)
