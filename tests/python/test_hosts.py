@@ -122,6 +122,23 @@ class TestValues(HostsTestCase):
         gc.collect()
         self.assertIsNone(ref())
 
+    def test_released_from_a_thread_without_python(self):
+        # The "python" host class's unref takes the GIL itself.
+        class Thing:
+            pass
+
+        obj = Thing()
+        ref = weakref.ref(obj)
+        holder = [obj, {"again": obj}]
+        del obj
+        _core._test_unref_in_thread(holder)
+        self.assertIsNotNone(ref())  # still ours
+        before = sys.getrefcount(ref())
+        _core._test_unref_in_thread(holder)
+        self.assertEqual(sys.getrefcount(ref()), before)
+        del holder
+        self.assertIsNone(ref())
+
     def test_foreign_objects(self):
         live = _core._test_foreign_live()
         f = _core._test_foreign()
@@ -348,6 +365,31 @@ class TestErrors(HostsTestCase):
 
 
 class TestCalls(HostsTestCase):
+    def test_only_from_the_loops_thread(self):
+        import threading
+
+        globeflower.export("t.x", lambda: 1)
+        out = []
+
+        def other():
+            for f in (lambda: globeflower.call("t.x", loop=self.loop),
+                      lambda: self.ex.add(1, 2, loop=self.loop),
+                      lambda: self.ex.sleep_then_echo(0, 1, loop=self.loop),
+                      lambda: globeflower.export("t.y", print, loop=self.loop),
+                      lambda: globeflower.unexport("t.x", loop=self.loop),
+                      lambda: globeflower.exports(loop=self.loop)):
+                try:
+                    f()
+                    out.append("no error")
+                except RuntimeError as e:
+                    out.append(str(e))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        self.assertEqual(out, ["globeflower: the loop is owned by another thread"] * 6)
+        self.assertEqual(self.run_async(globeflower.call("t.x")), 1)
+
     def test_sync_and_async_exports(self):
         def add(a, b):
             return a + b
