@@ -405,6 +405,10 @@ static void core_done_cancel_asyncio(gfl_future *f, void *arg)
 
 gfl_future *gflpy_future_to_core(gflpy_loop *loop, PyObject *pyfut)
 {
+    if (!loop->core) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
     gfl_future *f = API->future_new(loop->core);
     if (!f) {
         PyErr_NoMemory();
