@@ -18,8 +18,8 @@
 #include "gflpy.h"
 
 static PyTypeObject *future_link_type;
-static PyObject *str_create_future, *str_add_done_callback, *str_done, *str_cancelled,
-    *str_cancel, *str_result, *str_exception, *str_set_result, *str_set_exception;
+static PyObject *str_create_future, *str_add_done_callback, *str_done,
+    *str_cancelled, *str_cancel, *str_result, *str_set_result, *str_set_exception;
 
 /* ------------------------------------------------------------------ */
 /* Which loop                                                          */
@@ -208,40 +208,31 @@ void gflpy_futures_loop_closing(gflpy_loop *loop)
     PyMem_Free(pending);
 }
 
-/* Settles the pending core future `f` the way `pyfut` (done) ended. */
+/* Settles the pending core future `f` the way `pyfut` (done) ended. One
+ * call, result(), in the common case: it raises the future's exception, or
+ * CancelledError when it was cancelled. */
 static void settle_core(gfl_future *f, PyObject *pyfut)
 {
-    int cancelled = future_flag(pyfut, str_cancelled);
-    if (cancelled != 0) {
-        PyErr_Clear();
-        API->future_cancel(f, NULL);
-        return;
-    }
-    PyObject *exc = PyObject_CallMethodNoArgs(pyfut, str_exception);
-    gfl_value *v;
+    PyObject *result = PyObject_CallMethodNoArgs(pyfut, str_result);
+    gfl_value *v = NULL;
     int is_error = 1;
-    if (!exc) {
-        v = gflpy_error_from_raised(NULL);
-    } else if (exc != Py_None) {
-        if (PyObject_TypeCheck(exc, (PyTypeObject *)gflpy_hosts.CancelledError)) {
-            Py_DECREF(exc);
+    if (result) {
+        v = gflpy_to_value(result);
+        Py_DECREF(result);
+        if (v)
+            is_error = 0;
+    }
+    if (!v) {
+        if (!result && PyErr_ExceptionMatches(gflpy_hosts.CancelledError)) {
+            PyErr_Clear();
             API->future_cancel(f, NULL);
             return;
         }
-        v = gflpy_error_from_exception(exc);
-        if (!v)
-            v = gflpy_error_from_raised(NULL);
-    } else {
-        PyObject *result = PyObject_CallMethodNoArgs(pyfut, str_result);
-        v = result ? gflpy_to_value(result) : NULL;
-        Py_XDECREF(result);
-        if (v)
-            is_error = 0;
-        else
-            v = gflpy_error_from_raised(NULL); /* e.g. a result that contains itself */
+        /* Raised by result(), or a result that does not convert (one that
+         * contains itself): the caller gets that error. */
+        v = gflpy_error_from_raised(NULL);
     }
-    Py_XDECREF(exc);
-    int rc = !v ? GFL_ENOMEM : is_error ? API->future_set_error(f, v) : API->future_set_result(f, v);
+    int rc = is_error ? API->future_set_error(f, v) : API->future_set_result(f, v);
     if (rc < 0)
         API->future_cancel(f, "globeflower: the result could not be delivered");
     API->value_unref(v);
@@ -457,8 +448,8 @@ int gflpy_futures_init(PyObject *module)
     (void)module;
     if (intern(&str_create_future, "create_future") < 0 ||
         intern(&str_add_done_callback, "add_done_callback") < 0 || intern(&str_done, "done") < 0 ||
-        intern(&str_cancelled, "cancelled") < 0 || intern(&str_cancel, "cancel") < 0 ||
-        intern(&str_result, "result") < 0 || intern(&str_exception, "exception") < 0 ||
+        intern(&str_cancel, "cancel") < 0 ||
+        intern(&str_result, "result") < 0 || intern(&str_cancelled, "cancelled") < 0 ||
         intern(&str_set_result, "set_result") < 0 || intern(&str_set_exception, "set_exception") < 0)
         return -1;
     future_link_type = (PyTypeObject *)PyType_FromSpec(&link_spec);
