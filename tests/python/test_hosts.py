@@ -390,6 +390,84 @@ class TestCalls(HostsTestCase):
         self.assertEqual(out, ["globeflower: the loop is owned by another thread"] * 6)
         self.assertEqual(self.run_async(globeflower.call("t.x")), 1)
 
+    def test_called_by_c_without_the_gil(self):
+        # A C host calling through gfl_call: ctypes drops the GIL around the
+        # call, so the export's entry point must take it itself.
+        import ctypes
+        from ctypes import POINTER, byref, c_char_p, c_int, c_int64, c_size_t, c_void_p
+
+        lib = ctypes.CDLL(_core.__file__)  # its dependencies give libglobeflower's symbols
+        for name, res, args in (
+                ("gfl_value_int", c_void_p, [c_int64]),
+                ("gfl_value_string", c_void_p, [c_char_p, c_size_t]),
+                ("gfl_value_unref", None, [c_void_p]),
+                ("gfl_call", c_void_p, [c_void_p, c_char_p, POINTER(c_void_p), c_size_t]),
+                ("gfl_future_state_of", c_int, [c_void_p]),
+                ("gfl_future_value", c_void_p, [c_void_p]),
+                ("gfl_future_unref", None, [c_void_p]),
+                ("gfl_value_get_int", c_int, [c_void_p, POINTER(c_int64)]),
+                ("gfl_value_error_type", c_char_p, [c_void_p]),
+                ("gfl_value_error_message", c_char_p, [c_void_p]),
+                ("gfl_loop_take_interrupt", c_void_p, [c_void_p])):
+            getattr(lib, name).restype = res
+            getattr(lib, name).argtypes = args
+        get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+        get_pointer.restype = c_void_p
+        get_pointer.argtypes = [ctypes.py_object, c_char_p]
+        core = get_pointer(self.loop._capsule(), b"globeflower.loop")
+
+        def interrupt():
+            raise KeyboardInterrupt("stop the host")
+
+        globeflower.export("t.double", lambda x: x * 2)
+        globeflower.export("t.upper", lambda x: x.upper())
+        globeflower.export("t.interrupt", interrupt)
+
+        def c_call(name, value=None):
+            args = (c_void_p * 1)(value)
+            f = lib.gfl_call(core, name, args, 1 if value else 0)
+            if value:
+                lib.gfl_value_unref(value)
+            return f
+
+        f = c_call(b"t.double", lib.gfl_value_int(21))
+        self.assertEqual(lib.gfl_future_state_of(f), 1)  # a result
+        out = c_int64()
+        self.assertEqual(lib.gfl_value_get_int(lib.gfl_future_value(f), byref(out)), 0)
+        self.assertEqual(out.value, 42)
+        lib.gfl_future_unref(f)
+
+        f = c_call(b"t.upper", lib.gfl_value_int(1))
+        self.assertEqual(lib.gfl_future_state_of(f), 2)  # an error
+        err = lib.gfl_future_value(f)
+        self.assertEqual(lib.gfl_value_error_type(err), b"AttributeError")
+        self.assertIn(b"upper", lib.gfl_value_error_message(err))
+        lib.gfl_future_unref(f)
+
+        # The core reports the interrupt on stderr (its default exception
+        # handler): keep it out of the test output, and check it.
+        import tempfile
+        with tempfile.TemporaryFile() as captured:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
+            try:
+                f = c_call(b"t.interrupt")
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            self.assertIn(b"KeyboardInterrupt in the Python export 't.interrupt'", captured.read())
+        err = lib.gfl_future_value(f)
+        self.assertEqual(lib.gfl_value_error_type(err), b"KeyboardInterrupt")
+        self.assertEqual(lib.gfl_value_error_message(err), b"stop the host")
+        lib.gfl_future_unref(f)
+        # Called by another host, it also interrupted the loop for its host.
+        taken = lib.gfl_loop_take_interrupt(core)
+        self.assertTrue(taken)
+        self.assertEqual(lib.gfl_value_error_type(taken), b"KeyboardInterrupt")
+        lib.gfl_value_unref(taken)
+
     def test_sync_and_async_exports(self):
         def add(a, b):
             return a + b
