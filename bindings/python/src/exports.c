@@ -40,7 +40,7 @@ static int exports_finalized;
  * KeyboardInterrupt then reaches that Python caller, not the loop's host. */
 static int python_calls;
 
-static PyObject *str_create_task, *str_cancel, *str_close, *str_await, *str_loop;
+static PyObject *str_create_task, *str_cancel, *str_close, *str_loop;
 
 /* ------------------------------------------------------------------ */
 /* Names                                                               */
@@ -155,6 +155,14 @@ void gflpy_hosts_loop_closing(gflpy_loop *loop)
 /* ------------------------------------------------------------------ */
 /* Entry points the core calls                                          */
 
+/* Awaitable (a coroutine, a future, a class with __await__): the slot
+ * await uses, cheaper than looking __await__ up on every result. */
+static int is_awaitable(PyObject *o)
+{
+    PyAsyncMethods *am = Py_TYPE(o)->tp_as_async;
+    return am && am->am_await;
+}
+
 /* What a caller gets once the export is gone (its loop closed, the
  * interpreter finalizing): the registry's own answer. Made without
  * Python, so callable without the GIL. */
@@ -226,7 +234,7 @@ static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, s
             r = PyObject_Call(fn, t, NULL);
         Py_DECREF(fn);
         Py_XDECREF(t);
-        if (r && PyObject_HasAttr(r, str_await)) {
+        if (r && is_awaitable(r)) {
             /* A plain function handing back a coroutine: it would never run. */
             if (PyCoro_CheckExact(r)) {
                 PyObject *c = PyObject_CallMethodNoArgs(r, str_close);
@@ -264,7 +272,7 @@ static gfl_future *start_task(struct py_export *x, gflpy_loop *loop, gfl_loop *c
     Py_XDECREF(t);
     if (!r)
         return failed_future(core, call_error(x, core));
-    if (!PyObject_HasAttr(r, str_await)) {
+    if (!is_awaitable(r)) {
         /* Not awaitable after all: its value is the result. */
         gfl_value *v = gflpy_to_value(r);
         Py_DECREF(r);
@@ -518,7 +526,6 @@ int gflpy_exports_init(void)
     str_create_task = PyUnicode_InternFromString("create_task");
     str_close = PyUnicode_InternFromString("close");
     str_cancel = PyUnicode_InternFromString("cancel");
-    str_await = PyUnicode_InternFromString("__await__");
     str_loop = PyUnicode_InternFromString("loop");
-    return str_create_task && str_cancel && str_close && str_await && str_loop ? 0 : -1;
+    return str_create_task && str_cancel && str_close && str_loop ? 0 : -1;
 }
