@@ -11,8 +11,10 @@ import asyncio
 import gc
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import unittest
 import weakref
@@ -446,7 +448,6 @@ class TestCalls(HostsTestCase):
 
         # The core reports the interrupt on stderr (its default exception
         # handler): keep it out of the test output, and check it.
-        import tempfile
         with tempfile.TemporaryFile() as captured:
             sys.stderr.flush()
             saved = os.dup(2)
@@ -869,6 +870,33 @@ class TestPlugins(HostsTestCase):
             globeflower.plugin("notexample", path=_core.__file__)
         with self.assertRaisesRegex(ImportError, "cannot load plugin"):
             globeflower.plugin("example2", path="/nonexistent/example2.so")
+
+
+    @unittest.skipUnless(shutil.which("cc"), "no C compiler to build a plugin for a newer ABI")
+    def test_abi_mismatch(self):
+        # A plugin built for an ABI major this core is not: it refuses to
+        # load (GFL_PLUGIN_CHECK_API), and the core's message says so.
+        abi = os.path.join(os.environ.get("abs_top_srcdir", os.path.join(os.path.dirname(__file__), "..", "..")),
+                           "abi")
+        src = textwrap.dedent("""
+            #include <globeflower_plugin.h>
+            #undef GFL_ABI_MAJOR
+            #define GFL_ABI_MAJOR 99  /* built against a future core */
+            __attribute__((visibility("default")))
+            int gfl_plugin_init_futureabi(const gfl_api *api, gfl_plugin *self)
+            {
+                (void)self;
+                GFL_PLUGIN_CHECK_API(api, value_depth);
+                return 0;
+            }
+        """)
+        with tempfile.TemporaryDirectory() as d:
+            c, so = os.path.join(d, "futureabi.c"), os.path.join(d, "futureabi.so")
+            with open(c, "w") as f:
+                f.write(src)
+            subprocess.run(["cc", "-shared", "-fPIC", "-I", abi, c, "-o", so], check=True)
+            with self.assertRaisesRegex(ImportError, "futureabi refused to load: ABI version mismatch"):
+                globeflower.plugin("futureabi", path=so)
 
 
 class TestInterpreterExit(unittest.TestCase):
