@@ -603,9 +603,15 @@ class TestCalls(HostsTestCase):
             globeflower.call("t.x", 1, other=2)
         with self.assertRaises(TypeError):
             globeflower.call()
+        def fn():
+            pass
+
         globeflower.export("t.once", print)
-        with self.assertRaisesRegex(ValueError, "already exported"):
-            globeflower.export("t.once", print)
+        before = sys.getrefcount(fn)
+        for _ in range(10):
+            with self.assertRaisesRegex(ValueError, "already exported"):
+                globeflower.export("t.once", fn)
+        self.assertEqual(sys.getrefcount(fn), before)  # refused exports keep nothing
 
     def test_unexport(self):
         def fn():
