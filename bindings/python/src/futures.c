@@ -147,9 +147,19 @@ typedef struct future_link {
                        * cancels `core` when the asyncio future was cancelled */
     gflpy_loop *loop; /* borrowed: links are cancelled when it closes */
     struct future_link *prev, *next; /* every live link (under the GIL) */
+    /* to_core only: an asyncio future of the same loop following `core`
+     * (a Python caller awaiting a Python export), settled right after
+     * `core` rather than from a core done callback an iteration later. */
+    PyObject *follower;
 } future_link;
 
 static future_link *links_head;
+/* The to_core link made last (NULL once freed): gfl_call hands a Python
+ * caller the core future an async Python export made just before. */
+static future_link *last_to_core;
+
+static int settle_asyncio(PyObject *pyfut, gfl_future *f);
+static int future_flag(PyObject *fut, PyObject *name);
 
 static PyObject *link_new(gflpy_loop *loop, gfl_future *core, int to_core)
 {
@@ -159,6 +169,9 @@ static PyObject *link_new(gflpy_loop *loop, gfl_future *core, int to_core)
     self->core = API->future_ref(core);
     self->to_core = to_core;
     self->loop = loop;
+    self->follower = NULL;
+    if (to_core)
+        last_to_core = self;
     self->prev = NULL;
     self->next = links_head;
     if (links_head)
@@ -176,6 +189,9 @@ static void link_dealloc(future_link *self)
         links_head = self->next;
     if (self->next)
         self->next->prev = self->prev;
+    if (last_to_core == self)
+        last_to_core = NULL;
+    Py_XDECREF(self->follower);
     API->future_unref(self->core);
     PyObject_Free(self);
     Py_DECREF(tp);
@@ -248,11 +264,23 @@ static PyObject *link_call(future_link *self, PyObject *args, PyObject *kwds)
     }
     if (!PyArg_UnpackTuple(args, "link", 1, 1, &pyfut))
         return NULL;
-    if (API->future_state_of(self->core) != GFL_FUTURE_PENDING)
-        Py_RETURN_NONE;
+    int pending = API->future_state_of(self->core) == GFL_FUTURE_PENDING;
     if (self->to_core) {
-        settle_core(self->core, pyfut);
-    } else {
+        if (pending)
+            settle_core(self->core, pyfut);
+        /* Settled here or not (someone else may have cancelled it, which
+         * cancelled the task), the follower now follows it. */
+        PyObject *follower = self->follower;
+        self->follower = NULL;
+        if (follower) {
+            int done = future_flag(follower, str_done);
+            if (done == 0 && settle_asyncio(follower, self->core) < 0)
+                done = -1;
+            Py_DECREF(follower);
+            if (done < 0)
+                return NULL;
+        }
+    } else if (pending) {
         int cancelled = future_flag(pyfut, str_cancelled);
         if (cancelled < 0)
             return NULL;
@@ -363,6 +391,15 @@ PyObject *gflpy_future_from_core(gflpy_loop *loop, gfl_future *f)
         return NULL;
     }
     Py_DECREF(link);
+    if (last_to_core && last_to_core->core == f && last_to_core->loop == loop && !last_to_core->follower) {
+        /* A Python export's task on this loop behind `f`: its link settles
+         * pyfut right after `f` (the same conversions, one loop iteration
+         * sooner). Only the caller has `f`, and cancelling pyfut still
+         * cancels `f` (and the task) through the link above. */
+        Py_INCREF(pyfut);
+        last_to_core->follower = pyfut;
+        return pyfut;
+    }
     Py_INCREF(pyfut); /* the core callback's */
     int rc = API->future_add_done_callback_ex(f, core_done_to_asyncio, pyfut, release_pyobject);
     if (rc < 0) {
