@@ -11,8 +11,10 @@ import asyncio
 import gc
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import unittest
 import weakref
@@ -120,6 +122,23 @@ class TestValues(HostsTestCase):
         self.assertEqual(sys.getrefcount(obj), before)
         del obj
         gc.collect()
+        self.assertIsNone(ref())
+
+    def test_released_from_a_thread_without_python(self):
+        # The "python" host class's unref takes the GIL itself.
+        class Thing:
+            pass
+
+        obj = Thing()
+        ref = weakref.ref(obj)
+        holder = [obj, {"again": obj}]
+        del obj
+        _core._test_unref_in_thread(holder)
+        self.assertIsNotNone(ref())  # still ours
+        before = sys.getrefcount(ref())
+        _core._test_unref_in_thread(holder)
+        self.assertEqual(sys.getrefcount(ref()), before)
+        del holder
         self.assertIsNone(ref())
 
     def test_foreign_objects(self):
@@ -348,6 +367,108 @@ class TestErrors(HostsTestCase):
 
 
 class TestCalls(HostsTestCase):
+    def test_only_from_the_loops_thread(self):
+        import threading
+
+        globeflower.export("t.x", lambda: 1)
+        out = []
+
+        def other():
+            for f in (lambda: globeflower.call("t.x", loop=self.loop),
+                      lambda: self.ex.add(1, 2, loop=self.loop),
+                      lambda: self.ex.sleep_then_echo(0, 1, loop=self.loop),
+                      lambda: globeflower.export("t.y", print, loop=self.loop),
+                      lambda: globeflower.unexport("t.x", loop=self.loop),
+                      lambda: globeflower.exports(loop=self.loop)):
+                try:
+                    f()
+                    out.append("no error")
+                except RuntimeError as e:
+                    out.append(str(e))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        self.assertEqual(out, ["globeflower: the loop is owned by another thread"] * 6)
+        self.assertEqual(self.run_async(globeflower.call("t.x")), 1)
+
+    def test_called_by_c_without_the_gil(self):
+        # A C host calling through gfl_call: ctypes drops the GIL around the
+        # call, so the export's entry point must take it itself.
+        import ctypes
+        from ctypes import POINTER, byref, c_char_p, c_int, c_int64, c_size_t, c_void_p
+
+        lib = ctypes.CDLL(_core.__file__)  # its dependencies give libglobeflower's symbols
+        for name, res, args in (
+                ("gfl_value_int", c_void_p, [c_int64]),
+                ("gfl_value_string", c_void_p, [c_char_p, c_size_t]),
+                ("gfl_value_unref", None, [c_void_p]),
+                ("gfl_call", c_void_p, [c_void_p, c_char_p, POINTER(c_void_p), c_size_t]),
+                ("gfl_future_state_of", c_int, [c_void_p]),
+                ("gfl_future_value", c_void_p, [c_void_p]),
+                ("gfl_future_unref", None, [c_void_p]),
+                ("gfl_value_get_int", c_int, [c_void_p, POINTER(c_int64)]),
+                ("gfl_value_error_type", c_char_p, [c_void_p]),
+                ("gfl_value_error_message", c_char_p, [c_void_p]),
+                ("gfl_loop_take_interrupt", c_void_p, [c_void_p])):
+            getattr(lib, name).restype = res
+            getattr(lib, name).argtypes = args
+        get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+        get_pointer.restype = c_void_p
+        get_pointer.argtypes = [ctypes.py_object, c_char_p]
+        core = get_pointer(self.loop._capsule(), b"globeflower.loop")
+
+        def interrupt():
+            raise KeyboardInterrupt("stop the host")
+
+        globeflower.export("t.double", lambda x: x * 2)
+        globeflower.export("t.upper", lambda x: x.upper())
+        globeflower.export("t.interrupt", interrupt)
+
+        def c_call(name, value=None):
+            args = (c_void_p * 1)(value)
+            f = lib.gfl_call(core, name, args, 1 if value else 0)
+            if value:
+                lib.gfl_value_unref(value)
+            return f
+
+        f = c_call(b"t.double", lib.gfl_value_int(21))
+        self.assertEqual(lib.gfl_future_state_of(f), 1)  # a result
+        out = c_int64()
+        self.assertEqual(lib.gfl_value_get_int(lib.gfl_future_value(f), byref(out)), 0)
+        self.assertEqual(out.value, 42)
+        lib.gfl_future_unref(f)
+
+        f = c_call(b"t.upper", lib.gfl_value_int(1))
+        self.assertEqual(lib.gfl_future_state_of(f), 2)  # an error
+        err = lib.gfl_future_value(f)
+        self.assertEqual(lib.gfl_value_error_type(err), b"AttributeError")
+        self.assertIn(b"upper", lib.gfl_value_error_message(err))
+        lib.gfl_future_unref(f)
+
+        # The core reports the interrupt on stderr (its default exception
+        # handler): keep it out of the test output, and check it.
+        with tempfile.TemporaryFile() as captured:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
+            try:
+                f = c_call(b"t.interrupt")
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            self.assertIn(b"KeyboardInterrupt in the Python export 't.interrupt'", captured.read())
+        err = lib.gfl_future_value(f)
+        self.assertEqual(lib.gfl_value_error_type(err), b"KeyboardInterrupt")
+        self.assertEqual(lib.gfl_value_error_message(err), b"stop the host")
+        lib.gfl_future_unref(f)
+        # Called by another host, it also interrupted the loop for its host.
+        taken = lib.gfl_loop_take_interrupt(core)
+        self.assertTrue(taken)
+        self.assertEqual(lib.gfl_value_error_type(taken), b"KeyboardInterrupt")
+        lib.gfl_value_unref(taken)
+
     def test_sync_and_async_exports(self):
         def add(a, b):
             return a + b
@@ -482,9 +603,15 @@ class TestCalls(HostsTestCase):
             globeflower.call("t.x", 1, other=2)
         with self.assertRaises(TypeError):
             globeflower.call()
+        def fn():
+            pass
+
         globeflower.export("t.once", print)
-        with self.assertRaisesRegex(ValueError, "already exported"):
-            globeflower.export("t.once", print)
+        before = sys.getrefcount(fn)
+        for _ in range(10):
+            with self.assertRaisesRegex(ValueError, "already exported"):
+                globeflower.export("t.once", fn)
+        self.assertEqual(sys.getrefcount(fn), before)  # refused exports keep nothing
 
     def test_unexport(self):
         def fn():
@@ -749,6 +876,33 @@ class TestPlugins(HostsTestCase):
             globeflower.plugin("notexample", path=_core.__file__)
         with self.assertRaisesRegex(ImportError, "cannot load plugin"):
             globeflower.plugin("example2", path="/nonexistent/example2.so")
+
+
+    @unittest.skipUnless(shutil.which("cc"), "no C compiler to build a plugin for a newer ABI")
+    def test_abi_mismatch(self):
+        # A plugin built for an ABI major this core is not: it refuses to
+        # load (GFL_PLUGIN_CHECK_API), and the core's message says so.
+        abi = os.path.join(os.environ.get("abs_top_srcdir", os.path.join(os.path.dirname(__file__), "..", "..")),
+                           "abi")
+        src = textwrap.dedent("""
+            #include <globeflower_plugin.h>
+            #undef GFL_ABI_MAJOR
+            #define GFL_ABI_MAJOR 99  /* built against a future core */
+            __attribute__((visibility("default")))
+            int gfl_plugin_init_futureabi(const gfl_api *api, gfl_plugin *self)
+            {
+                (void)self;
+                GFL_PLUGIN_CHECK_API(api, value_depth);
+                return 0;
+            }
+        """)
+        with tempfile.TemporaryDirectory() as d:
+            c, so = os.path.join(d, "futureabi.c"), os.path.join(d, "futureabi.so")
+            with open(c, "w") as f:
+                f.write(src)
+            subprocess.run(["cc", "-shared", "-fPIC", "-I", abi, c, "-o", so], check=True)
+            with self.assertRaisesRegex(ImportError, "futureabi refused to load: ABI version mismatch"):
+                globeflower.plugin("futureabi", path=so)
 
 
 class TestInterpreterExit(unittest.TestCase):

@@ -40,7 +40,7 @@ static int exports_finalized;
  * KeyboardInterrupt then reaches that Python caller, not the loop's host. */
 static int python_calls;
 
-static PyObject *str_create_task, *str_cancel, *str_close, *str_await, *str_loop;
+static PyObject *str_create_task, *str_cancel, *str_close, *str_loop;
 
 /* ------------------------------------------------------------------ */
 /* Names                                                               */
@@ -155,6 +155,14 @@ void gflpy_hosts_loop_closing(gflpy_loop *loop)
 /* ------------------------------------------------------------------ */
 /* Entry points the core calls                                          */
 
+/* Awaitable (a coroutine, a future, a class with __await__): the slot
+ * await uses, cheaper than looking __await__ up on every result. */
+static int is_awaitable(PyObject *o)
+{
+    PyAsyncMethods *am = Py_TYPE(o)->tp_as_async;
+    return am && am->am_await;
+}
+
 /* What a caller gets once the export is gone (its loop closed, the
  * interpreter finalizing): the registry's own answer. Made without
  * Python, so callable without the GIL. */
@@ -192,7 +200,7 @@ static PyObject *args_tuple(gfl_value *const *args, size_t nargs)
 /* The raised exception as the call's error. KeyboardInterrupt and
  * SystemExit must stop the program: when another host called, they also
  * interrupt the loop (gfl_loop_interrupt), so they reach its host. */
-static gfl_value *call_error(struct py_export *x)
+static gfl_value *call_error(struct py_export *x, gfl_loop *core)
 {
     PyObject *exc;
     gfl_value *err = gflpy_error_from_raised(&exc);
@@ -201,7 +209,7 @@ static gfl_value *call_error(struct py_export *x)
          PyErr_GivenExceptionMatches(exc, PyExc_SystemExit))) {
         char msg[EXPORT_NAME_MAX + 64];
         snprintf(msg, sizeof msg, "%s in the Python export '%s'", Py_TYPE(exc)->tp_name, x->name);
-        API->loop_interrupt(x->core, msg, err);
+        API->loop_interrupt(core, msg, err);
     }
     Py_XDECREF(exc);
     return err;
@@ -209,7 +217,6 @@ static gfl_value *call_error(struct py_export *x)
 
 static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, size_t nargs, gfl_value **result)
 {
-    (void)core;
     struct py_export *x = ud;
     if (exports_finalized || !gflpy_interpreter_alive()) {
         *result = gone_error(x);
@@ -227,7 +234,7 @@ static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, s
             r = PyObject_Call(fn, t, NULL);
         Py_DECREF(fn);
         Py_XDECREF(t);
-        if (r && PyObject_HasAttr(r, str_await)) {
+        if (r && is_awaitable(r)) {
             /* A plain function handing back a coroutine: it would never run. */
             if (PyCoro_CheckExact(r)) {
                 PyObject *c = PyObject_CallMethodNoArgs(r, str_close);
@@ -242,7 +249,7 @@ static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, s
         *result = r ? gflpy_to_value(r) : NULL;
         Py_XDECREF(r);
         if (!*result) {
-            *result = call_error(x);
+            *result = call_error(x, core);
             rc = API->value_error_code(*result);
             if (rc >= 0)
                 rc = GFL_EUNKNOWN;
@@ -252,8 +259,10 @@ static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, s
     return rc;
 }
 
-/* Runs fn(*args) as a task on the export's loop: a core future following it. */
-static gfl_future *start_task(struct py_export *x, gfl_value *const *args, size_t nargs)
+/* Runs fn(*args) as a task on `loop` (the export's; a reference held by
+ * the caller, as fn may close it): a core future following the task. */
+static gfl_future *start_task(struct py_export *x, gflpy_loop *loop, gfl_loop *core, gfl_value *const *args,
+                              size_t nargs)
 {
     PyObject *fn = x->fn, *t = args_tuple(args, nargs), *r = NULL;
     Py_INCREF(fn);
@@ -262,14 +271,14 @@ static gfl_future *start_task(struct py_export *x, gfl_value *const *args, size_
     Py_DECREF(fn);
     Py_XDECREF(t);
     if (!r)
-        return failed_future(x->core, call_error(x));
-    if (!PyObject_HasAttr(r, str_await)) {
+        return failed_future(core, call_error(x, core));
+    if (!is_awaitable(r)) {
         /* Not awaitable after all: its value is the result. */
         gfl_value *v = gflpy_to_value(r);
         Py_DECREF(r);
         if (!v)
-            return failed_future(x->core, call_error(x));
-        gfl_future *f = API->future_new(x->core);
+            return failed_future(core, call_error(x, core));
+        gfl_future *f = API->future_new(core);
         if (f && API->future_set_result(f, v) < 0) {
             API->future_unref(f);
             f = NULL;
@@ -279,7 +288,7 @@ static gfl_future *start_task(struct py_export *x, gfl_value *const *args, size_
     }
     PyObject *task;
     if (PyCoro_CheckExact(r)) {
-        task = PyObject_CallMethodOneArg((PyObject *)x->loop, str_create_task, r);
+        task = PyObject_CallMethodOneArg((PyObject *)loop, str_create_task, r);
         if (!task) {
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
@@ -288,7 +297,7 @@ static gfl_future *start_task(struct py_export *x, gfl_value *const *args, size_
             PyErr_Restore(type, value, tb);
         }
     } else {
-        PyObject *kw = Py_BuildValue("{OO}", str_loop, (PyObject *)x->loop);
+        PyObject *kw = Py_BuildValue("{OO}", str_loop, (PyObject *)loop);
         PyObject *a = kw ? PyTuple_Pack(1, r) : NULL;
         task = a ? PyObject_Call(gflpy_hosts.ensure_future, a, kw) : NULL;
         Py_XDECREF(a);
@@ -296,8 +305,8 @@ static gfl_future *start_task(struct py_export *x, gfl_value *const *args, size_
     }
     Py_DECREF(r);
     if (!task)
-        return failed_future(x->core, call_error(x));
-    gfl_future *f = gflpy_future_to_core(x->loop, task);
+        return failed_future(core, call_error(x, core));
+    gfl_future *f = gflpy_future_to_core(loop, task);
     if (!f) {
         /* Could not follow the task: stop it, and fail the call. */
         PyObject *type, *value, *tb;
@@ -305,7 +314,7 @@ static gfl_future *start_task(struct py_export *x, gfl_value *const *args, size_
         PyObject *c = PyObject_CallMethodNoArgs(task, str_cancel);
         Py_XDECREF(c);
         PyErr_Restore(type, value, tb);
-        f = failed_future(x->core, call_error(x));
+        f = failed_future(core, call_error(x, core));
     }
     Py_DECREF(task);
     return f;
@@ -321,9 +330,9 @@ static gfl_future *export_async_entry(void *ud, gfl_loop *core, gfl_value *const
     if (!x->loop) {
         f = failed_future(core, gone_error(x));
     } else {
-        Py_INCREF(x->loop);
-        gflpy_loop *loop = x->loop; /* the task may close it */
-        f = start_task(x, args, nargs);
+        gflpy_loop *loop = x->loop;
+        Py_INCREF(loop); /* fn may close it */
+        f = start_task(x, loop, core, args, nargs);
         Py_DECREF(loop);
     }
     PyErr_Clear(); /* nothing may stay raised: no Python frame called us */
@@ -517,7 +526,6 @@ int gflpy_exports_init(void)
     str_create_task = PyUnicode_InternFromString("create_task");
     str_close = PyUnicode_InternFromString("close");
     str_cancel = PyUnicode_InternFromString("cancel");
-    str_await = PyUnicode_InternFromString("__await__");
     str_loop = PyUnicode_InternFromString("loop");
-    return str_create_task && str_cancel && str_close && str_await && str_loop ? 0 : -1;
+    return str_create_task && str_cancel && str_close && str_loop ? 0 : -1;
 }

@@ -18,8 +18,8 @@
 #include "gflpy.h"
 
 static PyTypeObject *future_link_type;
-static PyObject *str_create_future, *str_add_done_callback, *str_done, *str_cancelled,
-    *str_cancel, *str_result, *str_exception, *str_set_result, *str_set_exception;
+static PyObject *str_create_future, *str_add_done_callback, *str_done,
+    *str_cancelled, *str_cancel, *str_result, *str_set_result, *str_set_exception;
 
 /* ------------------------------------------------------------------ */
 /* Which loop                                                          */
@@ -147,9 +147,19 @@ typedef struct future_link {
                        * cancels `core` when the asyncio future was cancelled */
     gflpy_loop *loop; /* borrowed: links are cancelled when it closes */
     struct future_link *prev, *next; /* every live link (under the GIL) */
+    /* to_core only: an asyncio future of the same loop following `core`
+     * (a Python caller awaiting a Python export), settled right after
+     * `core` rather than from a core done callback an iteration later. */
+    PyObject *follower;
 } future_link;
 
 static future_link *links_head;
+/* The to_core link made last (NULL once freed): gfl_call hands a Python
+ * caller the core future an async Python export made just before. */
+static future_link *last_to_core;
+
+static int settle_asyncio(PyObject *pyfut, gfl_future *f);
+static int future_flag(PyObject *fut, PyObject *name);
 
 static PyObject *link_new(gflpy_loop *loop, gfl_future *core, int to_core)
 {
@@ -159,6 +169,9 @@ static PyObject *link_new(gflpy_loop *loop, gfl_future *core, int to_core)
     self->core = API->future_ref(core);
     self->to_core = to_core;
     self->loop = loop;
+    self->follower = NULL;
+    if (to_core)
+        last_to_core = self;
     self->prev = NULL;
     self->next = links_head;
     if (links_head)
@@ -176,6 +189,9 @@ static void link_dealloc(future_link *self)
         links_head = self->next;
     if (self->next)
         self->next->prev = self->prev;
+    if (last_to_core == self)
+        last_to_core = NULL;
+    Py_XDECREF(self->follower);
     API->future_unref(self->core);
     PyObject_Free(self);
     Py_DECREF(tp);
@@ -208,40 +224,31 @@ void gflpy_futures_loop_closing(gflpy_loop *loop)
     PyMem_Free(pending);
 }
 
-/* Settles the pending core future `f` the way `pyfut` (done) ended. */
+/* Settles the pending core future `f` the way `pyfut` (done) ended. One
+ * call, result(), in the common case: it raises the future's exception, or
+ * CancelledError when it was cancelled. */
 static void settle_core(gfl_future *f, PyObject *pyfut)
 {
-    int cancelled = future_flag(pyfut, str_cancelled);
-    if (cancelled != 0) {
-        PyErr_Clear();
-        API->future_cancel(f, NULL);
-        return;
-    }
-    PyObject *exc = PyObject_CallMethodNoArgs(pyfut, str_exception);
-    gfl_value *v;
+    PyObject *result = PyObject_CallMethodNoArgs(pyfut, str_result);
+    gfl_value *v = NULL;
     int is_error = 1;
-    if (!exc) {
-        v = gflpy_error_from_raised(NULL);
-    } else if (exc != Py_None) {
-        if (PyObject_TypeCheck(exc, (PyTypeObject *)gflpy_hosts.CancelledError)) {
-            Py_DECREF(exc);
+    if (result) {
+        v = gflpy_to_value(result);
+        Py_DECREF(result);
+        if (v)
+            is_error = 0;
+    }
+    if (!v) {
+        if (!result && PyErr_ExceptionMatches(gflpy_hosts.CancelledError)) {
+            PyErr_Clear();
             API->future_cancel(f, NULL);
             return;
         }
-        v = gflpy_error_from_exception(exc);
-        if (!v)
-            v = gflpy_error_from_raised(NULL);
-    } else {
-        PyObject *result = PyObject_CallMethodNoArgs(pyfut, str_result);
-        v = result ? gflpy_to_value(result) : NULL;
-        Py_XDECREF(result);
-        if (v)
-            is_error = 0;
-        else
-            v = gflpy_error_from_raised(NULL); /* e.g. a result that contains itself */
+        /* Raised by result(), or a result that does not convert (one that
+         * contains itself): the caller gets that error. */
+        v = gflpy_error_from_raised(NULL);
     }
-    Py_XDECREF(exc);
-    int rc = !v ? GFL_ENOMEM : is_error ? API->future_set_error(f, v) : API->future_set_result(f, v);
+    int rc = is_error ? API->future_set_error(f, v) : API->future_set_result(f, v);
     if (rc < 0)
         API->future_cancel(f, "globeflower: the result could not be delivered");
     API->value_unref(v);
@@ -257,11 +264,23 @@ static PyObject *link_call(future_link *self, PyObject *args, PyObject *kwds)
     }
     if (!PyArg_UnpackTuple(args, "link", 1, 1, &pyfut))
         return NULL;
-    if (API->future_state_of(self->core) != GFL_FUTURE_PENDING)
-        Py_RETURN_NONE;
+    int pending = API->future_state_of(self->core) == GFL_FUTURE_PENDING;
     if (self->to_core) {
-        settle_core(self->core, pyfut);
-    } else {
+        if (pending)
+            settle_core(self->core, pyfut);
+        /* Settled here or not (someone else may have cancelled it, which
+         * cancelled the task), the follower now follows it. */
+        PyObject *follower = self->follower;
+        self->follower = NULL;
+        if (follower) {
+            int done = future_flag(follower, str_done);
+            if (done == 0 && settle_asyncio(follower, self->core) < 0)
+                done = -1;
+            Py_DECREF(follower);
+            if (done < 0)
+                return NULL;
+        }
+    } else if (pending) {
         int cancelled = future_flag(pyfut, str_cancelled);
         if (cancelled < 0)
             return NULL;
@@ -372,6 +391,15 @@ PyObject *gflpy_future_from_core(gflpy_loop *loop, gfl_future *f)
         return NULL;
     }
     Py_DECREF(link);
+    if (last_to_core && last_to_core->core == f && last_to_core->loop == loop && !last_to_core->follower) {
+        /* A Python export's task on this loop behind `f`: its link settles
+         * pyfut right after `f` (the same conversions, one loop iteration
+         * sooner). Only the caller has `f`, and cancelling pyfut still
+         * cancels `f` (and the task) through the link above. */
+        Py_INCREF(pyfut);
+        last_to_core->follower = pyfut;
+        return pyfut;
+    }
     Py_INCREF(pyfut); /* the core callback's */
     int rc = API->future_add_done_callback_ex(f, core_done_to_asyncio, pyfut, release_pyobject);
     if (rc < 0) {
@@ -405,6 +433,10 @@ static void core_done_cancel_asyncio(gfl_future *f, void *arg)
 
 gfl_future *gflpy_future_to_core(gflpy_loop *loop, PyObject *pyfut)
 {
+    if (!loop->core) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
     gfl_future *f = API->future_new(loop->core);
     if (!f) {
         PyErr_NoMemory();
@@ -453,8 +485,8 @@ int gflpy_futures_init(PyObject *module)
     (void)module;
     if (intern(&str_create_future, "create_future") < 0 ||
         intern(&str_add_done_callback, "add_done_callback") < 0 || intern(&str_done, "done") < 0 ||
-        intern(&str_cancelled, "cancelled") < 0 || intern(&str_cancel, "cancel") < 0 ||
-        intern(&str_result, "result") < 0 || intern(&str_exception, "exception") < 0 ||
+        intern(&str_cancel, "cancel") < 0 ||
+        intern(&str_result, "result") < 0 || intern(&str_cancelled, "cancelled") < 0 ||
         intern(&str_set_result, "set_result") < 0 || intern(&str_set_exception, "set_exception") < 0)
         return -1;
     future_link_type = (PyTypeObject *)PyType_FromSpec(&link_spec);

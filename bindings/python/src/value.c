@@ -17,6 +17,8 @@
  */
 #include "gflpy.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -784,6 +786,38 @@ static PyObject *mod_test_foreign_live(PyObject *self, PyObject *unused)
     return PyLong_FromLong(__atomic_load_n(&test_objects_live, __ATOMIC_RELAXED));
 }
 
+static void *unref_thread(void *v)
+{
+    API->value_unref(v);
+    return NULL;
+}
+
+/* _test_unref_in_thread(obj): obj as a value, whose last reference is
+ * dropped by a new thread with no Python thread state (as a C host's
+ * thread or the core's pool would), while this one waits without the GIL. */
+static PyObject *mod_test_unref_in_thread(PyObject *self, PyObject *o)
+{
+    (void)self;
+    if (!gflpy_hosts_available())
+        return NULL;
+    gfl_value *v = gflpy_to_value(o);
+    if (!v)
+        return NULL;
+    pthread_t t;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pthread_create(&t, NULL, unref_thread, v);
+    if (rc == 0)
+        pthread_join(t, NULL);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        API->value_unref(v);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 /* _roundtrip(obj): obj -> gfl_value -> a new Python object. */
 static PyObject *mod_roundtrip(PyObject *self, PyObject *o)
 {
@@ -875,6 +909,8 @@ static PyMethodDef value_methods[] = {
     {"_roundtrip", mod_roundtrip, METH_O, "Internal (tests): converts to a gfl_value and back."},
     {"_test_foreign", mod_test_foreign, METH_NOARGS, "Internal (tests): a ForeignObject of a C \"test\" host."},
     {"_test_foreign_live", mod_test_foreign_live, METH_NOARGS, "Internal (tests): live \"test\" host objects."},
+    {"_test_unref_in_thread", mod_test_unref_in_thread, METH_O,
+     "Internal (tests): drops a value holding obj in a thread without a Python thread state."},
     {"_error_fields", mod_error_fields, METH_O, "Internal (tests): the ERROR value an exception crosses as."},
     {"_make_error", mod_make_error, METH_VARARGS, "Internal (tests): the exception for another host's ERROR value."},
     {NULL, NULL, 0, NULL},
