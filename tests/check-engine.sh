@@ -28,11 +28,17 @@ for order in lua-python-loop loop-first; do
     run "$order" "$engine" --seconds 3 --teardown "$order"
 done
 if [ "${GFL_LONG_TESTS:-1}" = 1 ] && [ -z "${GFL_NO_VALGRIND:-}" ] && command -v "${VALGRIND:-valgrind}" >/dev/null 2>&1; then
-    log="$abs_top_builddir/tests/engine-valgrind.log"
-    # PYTHONMALLOC=malloc: let memcheck see Python's allocations. Python
-    # keeps memory at exit by design: only errors fail, not leaks.
-    PYTHONMALLOC=malloc run valgrind ${VALGRIND:-valgrind} --error-exitcode=99 --leak-check=no \
-        --suppressions="$abs_top_srcdir/tests/valgrind.supp" --log-file="$log" \
-        "$engine" --seconds 3 --fps 10 --budget 1000 --no-timing
+    for order in python-lua-loop loop-first; do
+        log="$abs_top_builddir/tests/engine-valgrind-$order.log"
+        # PYTHONMALLOC=malloc: let memcheck see Python's allocations. Invalid
+        # accesses and definite/indirect leaks fail; the suppressions cover
+        # third-party noise only (CPython's int.from_bytes, Lua).
+        PYTHONMALLOC=malloc run "valgrind $order" ${VALGRIND:-valgrind} --error-exitcode=99 --leak-check=full \
+            --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+            --suppressions="$abs_top_srcdir/tests/valgrind.supp" \
+            --suppressions="$abs_top_srcdir/tests/python/valgrind.supp" \
+            --suppressions="$abs_top_srcdir/tests/lua/valgrind.supp" --log-file="$log" \
+            "$engine" --seconds 3 --fps 10 --budget 1000 --no-timing --teardown "$order"
+    done
 fi
 exit $status

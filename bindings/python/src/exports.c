@@ -222,7 +222,13 @@ static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, s
         *result = gone_error(x);
         return GFL_ENOENT;
     }
-    PyGILState_STATE g = PyGILState_Ensure();
+    /* The GIL, and asyncio's running loop while a host pumps: the export
+     * may ask for it (asyncio.get_running_loop()). */
+    gflpy_entry e;
+    if (gflpy_enter(x->loop, &e) < 0) {
+        *result = gone_error(x);
+        return GFL_ENOENT;
+    }
     int rc = GFL_OK;
     if (!x->loop) {
         *result = gone_error(x);
@@ -255,7 +261,7 @@ static int export_sync_entry(void *ud, gfl_loop *core, gfl_value *const *args, s
                 rc = GFL_EUNKNOWN;
         }
     }
-    PyGILState_Release(g);
+    gflpy_leave(&e);
     return rc;
 }
 
@@ -325,7 +331,9 @@ static gfl_future *export_async_entry(void *ud, gfl_loop *core, gfl_value *const
     struct py_export *x = ud;
     if (exports_finalized || !gflpy_interpreter_alive())
         return failed_future(core, gone_error(x));
-    PyGILState_STATE g = PyGILState_Ensure();
+    gflpy_entry e;
+    if (gflpy_enter(x->loop, &e) < 0)
+        return failed_future(core, gone_error(x));
     gfl_future *f;
     if (!x->loop) {
         f = failed_future(core, gone_error(x));
@@ -336,7 +344,7 @@ static gfl_future *export_async_entry(void *ud, gfl_loop *core, gfl_value *const
         Py_DECREF(loop);
     }
     PyErr_Clear(); /* nothing may stay raised: no Python frame called us */
-    PyGILState_Release(g);
+    gflpy_leave(&e);
     return f;
 }
 

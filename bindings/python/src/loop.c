@@ -178,43 +178,16 @@ void gflpy_release_object(void *obj)
 /* ------------------------------------------------------------------ */
 /* Reporting errors raised by callbacks                                 */
 
-/* An error value for `exc` as docs/hosts.md describes (type = the class
- * name, message = str(exc), traceback = the formatted traceback). */
-static gfl_value *exception_value(PyObject *exc)
-{
-    const char *type = Py_TYPE(exc)->tp_name;
-    const char *dot = strrchr(type, '.');
-    if (dot)
-        type = dot + 1;
-    PyObject *str = PyObject_Str(exc);
-    const char *msg = str ? PyUnicode_AsUTF8(str) : NULL;
-    if (!msg)
-        PyErr_Clear();
-    PyObject *tbtext = NULL;
-    PyObject *tbmod = PyImport_ImportModule("traceback");
-    PyObject *lines = tbmod ? PyObject_CallMethod(tbmod, "format_exception", "O", exc) : NULL;
-    Py_XDECREF(tbmod);
-    if (lines) {
-        PyObject *empty = PyUnicode_FromString("");
-        tbtext = empty ? PyUnicode_Join(empty, lines) : NULL;
-        Py_XDECREF(empty);
-        Py_DECREF(lines);
-    }
-    const char *tb = tbtext ? PyUnicode_AsUTF8(tbtext) : NULL;
-    if (!tb)
-        PyErr_Clear();
-    gfl_value *v = API->value_error_ex(GFL_EUNKNOWN, type, msg ? msg : "", tb, NULL);
-    Py_XDECREF(str);
-    Py_XDECREF(tbtext);
-    return v;
-}
-
 /* KeyboardInterrupt/SystemExit raised while a C host pumps: the host's
  * exception handler gets it and its gfl_loop_run_once/run_for/run returns
  * GFL_EINTR (gfl_loop_take_interrupt gives the error). Python goes on. */
 static void interrupt_host(gflpy_loop *loop, PyObject *exc)
 {
-    gfl_value *v = exception_value(exc);
+    /* With the exception as its cause: a Python host taking the interrupt
+     * gets the very exception object back. */
+    gfl_value *v = gflpy_error_from_exception(exc);
+    if (!v)
+        PyErr_Clear();
     char message[160];
     snprintf(message, sizeof message, "%s raised by a Python callback", Py_TYPE(exc)->tp_name);
     API->loop_interrupt(loop->core, message, v);
@@ -1119,6 +1092,18 @@ static inline __attribute__((always_inline)) int run_result(gflpy_loop *self, in
         /* Another loop object on this core (Loop.from_capsule) was
          * interrupted by its callback while we pumped: raise it here. */
         gfl_value *v = API->loop_take_interrupt(self->core);
+        /* Raised by Python code (the error's cause is the exception):
+         * the very KeyboardInterrupt/SystemExit object leaves the pump. */
+        PyObject *orig = v ? gflpy_exception_from_error(v) : NULL;
+        if (orig && (PyErr_GivenExceptionMatches(orig, PyExc_KeyboardInterrupt) ||
+                     PyErr_GivenExceptionMatches(orig, PyExc_SystemExit))) {
+            PyErr_SetObject((PyObject *)Py_TYPE(orig), orig);
+            Py_DECREF(orig);
+            API->value_unref(v);
+            return -1;
+        }
+        Py_XDECREF(orig);
+        PyErr_Clear();
         const char *type = v ? API->value_error_type(v) : NULL;
         const char *msg = v ? API->value_error_message(v) : NULL;
         PyObject *cls = type && strcmp(type, "SystemExit") == 0 ? PyExc_SystemExit : PyExc_KeyboardInterrupt;
