@@ -47,7 +47,7 @@ extern "C" {
 /* Bumped only when the ABI breaks (never, we hope). */
 #define GFL_ABI_MAJOR 1
 /* Bumped whenever gfl_api grows. */
-#define GFL_ABI_MINOR 3
+#define GFL_ABI_MINOR 4
 
 /* ------------------------------------------------------------------ */
 /* Error codes: negative; errno-compatible where an errno exists.      */
@@ -520,6 +520,13 @@ GFL_EXPORT gfl_value *gfl_loop_take_interrupt(gfl_loop *loop);
  * any pointer: how a host validates a loop pointer handed to it (a Python
  * capsule) before using it, so a stale one is an error, not a crash. */
 GFL_EXPORT gfl_loop *gfl_loop_acquire(const void *candidate);
+/* ABI 1.4: calls fn(arg) once, just before the run in progress
+ * (gfl_loop_run, run_once or run_for, whoever called it) returns; in
+ * registration order. For hosts that set up per-run state lazily, at their
+ * first callback of a run (Python makes its loop the running loop), and
+ * tear it down once per run instead of once per callback. GFL_ESTATE when
+ * the loop is not running (the caller then tears down at once itself). */
+GFL_EXPORT int gfl_loop_at_run_end(gfl_loop *loop, gfl_callback fn, void *arg);
 
 /* ------------------------------------------------------------------ */
 /* The function table (see DESIGN.md "The stable ABI")                 */

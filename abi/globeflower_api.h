@@ -214,6 +214,8 @@ struct gfl_api {
     int (*loop_interrupt)(gfl_loop *loop, const char *message, gfl_value *error);
     gfl_value *(*loop_take_interrupt)(gfl_loop *loop);
     gfl_loop *(*loop_acquire)(const void *candidate);
+    /* ABI 1.4 */
+    int (*loop_at_run_end)(gfl_loop *loop, gfl_callback fn, void *arg);
 };
 
 /* Whether the table `api` has the function `field`. */

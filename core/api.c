@@ -204,6 +204,7 @@ static const gfl_api api = {
     .loop_interrupt = gfl_loop_interrupt,
     .loop_take_interrupt = gfl_loop_take_interrupt,
     .loop_acquire = gfl_loop_acquire,
+    .loop_at_run_end = gfl_loop_at_run_end,
 };
 
 GFL_EXPORT const gfl_api *gfl_api_get(void)

@@ -161,6 +161,9 @@ struct gfl_loop {
     bool interrupting;
     gfl_value *interrupt_error; /* kept for gfl_loop_take_interrupt */
     struct gfl_loop *live_prev, *live_next; /* loop.c: the live-loop list */
+    /* gfl_loop_at_run_end: called as the current run returns */
+    struct gfl_threadsafe_item *run_end;
+    uint32_t n_run_end, cap_run_end;
 };
 
 /* ---- loop.c ---- */

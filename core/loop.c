@@ -262,6 +262,9 @@ static void close_loop(gfl_loop *loop)
     gfl__free(loop, loop->ready);
     loop->ready = NULL;
     loop->ready_cap = 0;
+    gfl__free(loop, loop->run_end); /* never closed while running: none pending */
+    loop->run_end = NULL;
+    loop->n_run_end = loop->cap_run_end = 0;
 
     gfl_value_unref(loop->interrupt_error);
     loop->interrupt_error = NULL;
@@ -459,9 +462,38 @@ static int enter(gfl_loop *loop)
     return GFL_OK;
 }
 
+int gfl_loop_at_run_end(gfl_loop *loop, gfl_callback fn, void *arg)
+{
+    int rc = gfl__check_loop(loop);
+    if (rc < 0)
+        return rc;
+    if (!fn)
+        return GFL_EINVAL;
+    if (!loop->running)
+        return GFL_ESTATE;
+    if (loop->n_run_end == loop->cap_run_end) {
+        uint32_t cap = loop->cap_run_end ? 2 * loop->cap_run_end : 4;
+        void *grown = loop->run_end ? gfl__realloc(loop, loop->run_end, cap * sizeof *loop->run_end)
+                                    : gfl__calloc(loop, cap, sizeof *loop->run_end);
+        if (!grown)
+            return GFL_ENOMEM;
+        loop->run_end = grown;
+        loop->cap_run_end = cap;
+    }
+    loop->run_end[loop->n_run_end++] = (struct gfl_threadsafe_item){fn, arg};
+    return GFL_OK;
+}
+
 /* Ends a run: `rc`, or GFL_EINTR when a callback interrupted it. */
 static int leave(gfl_loop *loop, int rc)
 {
+    /* Still running: a run-end callback may register another (it runs
+     * too). Index by index, as the array may grow meanwhile. */
+    for (uint32_t i = 0; i < loop->n_run_end; i++) {
+        struct gfl_threadsafe_item it = loop->run_end[i];
+        it.cb(it.arg);
+    }
+    loop->n_run_end = 0;
     if (loop->interrupting) {
         loop->interrupting = false;
         rc = GFL_EINTR;

@@ -632,3 +632,36 @@ Test(loop, acquire_tells_live_loops_from_stale_pointers)
     cr_assert_null(gfl_loop_acquire(c));
     cr_assert_eq(gfl_loop_unref(extra), 0);
 }
+
+/* gfl_loop_at_run_end (ABI 1.4) */
+static void at_end(void *arg)
+{
+    record(arg);
+    if ((intptr_t)arg == 1) /* one registered from a run-end callback runs too */
+        cr_assert_eq(gfl_loop_at_run_end(loop, at_end, TAG(3)), 0);
+}
+
+static void registers_at_end(void *arg)
+{
+    record(arg);
+    cr_assert_eq(gfl_loop_at_run_end(loop, at_end, TAG(1)), 0);
+    cr_assert_eq(gfl_loop_at_run_end(loop, at_end, TAG(2)), 0);
+}
+
+Test(loop, run_end_callbacks_run_once_as_each_run_returns, .init = setup, .fini = teardown)
+{
+    cr_assert_eq(gfl_loop_at_run_end(loop, at_end, TAG(9)), GFL_ESTATE, "not running");
+    cr_assert_eq(gfl_loop_at_run_end(NULL, at_end, NULL), GFL_EINVAL);
+    gfl_call_soon(loop, registers_at_end, TAG(0));
+    cr_assert_eq(gfl_loop_run_once(loop, 0), 1);
+    int expected[] = {0, 1, 2, 3};
+    assert_events(expected, 4);
+    /* Once: the next run calls nothing. */
+    cr_assert_eq(gfl_loop_run_once(loop, 0), 0);
+    assert_events(expected, 4);
+    /* run_for and run too. */
+    nevents = 0;
+    gfl_call_soon(loop, registers_at_end, TAG(0));
+    cr_assert_geq(gfl_loop_run_for(loop, 1.0), 1);
+    assert_events(expected, 4);
+}

@@ -17,7 +17,9 @@
  * At the end it prints the frame-time percentiles and, per kind of
  * exchange, how many ran and how many frames they took, and exits 0 only
  * when every exchange checked out, every round trip finished in the frame
- * it started in, and (unless --no-timing) every frame kept the rate.
+ * it started in, and every frame's work fitted in its period (at most 1% of
+ * frames may start late when the OS did not schedule the engine in time;
+ * --no-timing, for valgrind, checks neither timing property).
  *
  * ORDER (teardown): python-lua-loop (default), lua-python-loop or
  * loop-first (free the loop while both interpreters still hold it).
@@ -223,14 +225,19 @@ int main(int argc, char **argv)
         sleep_until(next); /* "render" */
     }
 
-    /* 5. Let the scripts finish their checks (they report through exports). */
+    /* 5. Let the scripts wind down (close their connections, end their
+     * tasks): a few blocking pumps, long enough for their 100 ms sleeps. */
     if (embed_lua_call(lua, "finish") < 0 || embed_python_call(py, "finish") < 0)
         engine.bad_reports++;
-    for (int i = 0; i < 3; i++)
-        gfl_loop_run_for(loop, 0.05);
+    for (double until = now() + 0.3; now() < until;)
+        gfl_loop_run_once(loop, 0.01);
 
     /* 6. Results. */
     int ok = work && !interrupted && engine.bad_reports == 0 && engine.nkinds > 0 && n == frames;
+    /* A frame that began after its whole slot had passed was not scheduled
+     * in time by the OS (a loaded machine); a few are tolerated and shown,
+     * frame work over the period never is. */
+    long late_allowed = frames / 100;
     if (work && n > 0) {
         double p50, p99, max;
         qsort(work, (size_t)n, sizeof *work, compare_doubles);
@@ -239,7 +246,7 @@ int main(int argc, char **argv)
         max = work[n - 1];
         printf("engine: %ld frames at %.0f Hz (budget %.1f ms): frame work p50 %.3f ms, p99 %.3f ms, max %.3f ms; "
                "late frames %ld\n", n, fps, budget_ms, p50 * 1e3, p99 * 1e3, max * 1e3, late);
-        if (timing && (max > period || late > 0)) {
+        if (timing && (max > period || late > late_allowed)) {
             printf("engine: FAIL: the frame rate was not held\n");
             ok = 0;
         }
@@ -250,7 +257,10 @@ int main(int argc, char **argv)
         printf("engine: %-22s %8ld %8ld %12ld\n", k->name, k->count, k->failed, k->max_frames);
         if (k->failed)
             printf("engine:   last failure: %s\n", k->last_failure);
-        if (k->failed || k->count == 0 || k->max_frames != 0)
+        /* Same-frame round trips are a timing property: not checked under
+         * --no-timing (valgrind, where one frame's work can outlast any
+         * budget). */
+        if (k->failed || k->count == 0 || (timing && k->max_frames != 0))
             ok = 0;
     }
     if (engine.bad_reports)

@@ -9,6 +9,7 @@ import asyncio
 import globeflower
 
 loop = None
+main_task = None
 running = True
 FAILURE = ValueError("from python")  # raised by py.fail, must come home as itself
 
@@ -37,12 +38,14 @@ def start(capsule):
     globeflower.export("py.square", square, loop=loop)
     globeflower.export("py.fail", fail, loop=loop)
     globeflower.export("py.echo", echo, loop=loop)
-    loop.create_task(main())
+    global main_task
+    main_task = loop.create_task(main())
 
 
 def finish():
     global running
     running = False
+    main_task.cancel()  # out of its sleep; it closes its connection
 
 
 async def frame():
@@ -96,6 +99,9 @@ async def main():
         await report("python->plugin", t0, total == i + 1 and echoed["a"] == [1, 2] and echoed["s"] is sentinel,
                      "add=%r echo=%r" % (total, echoed))
 
-        await asyncio.sleep(0.1)
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            break
     writer.close()
     await writer.wait_closed()

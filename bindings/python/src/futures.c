@@ -255,6 +255,8 @@ static void settle_core(gfl_future *f, PyObject *pyfut)
 }
 
 /* The asyncio done callback: link(fut). */
+static void core_done_cancel_asyncio(gfl_future *f, void *arg);
+
 static PyObject *link_call(future_link *self, PyObject *args, PyObject *kwds)
 {
     PyObject *pyfut;
@@ -266,8 +268,13 @@ static PyObject *link_call(future_link *self, PyObject *args, PyObject *kwds)
         return NULL;
     int pending = API->future_state_of(self->core) == GFL_FUTURE_PENDING;
     if (self->to_core) {
-        if (pending)
+        if (pending) {
+            /* The task finished by itself: the core-side watch that would
+             * cancel it has nothing left to do; drop it before settling,
+             * so completing costs no extra callback (and GIL entry). */
+            API->future_remove_done_callback(self->core, core_done_cancel_asyncio, pyfut);
             settle_core(self->core, pyfut);
+        }
         /* Settled here or not (someone else may have cancelled it, which
          * cancelled the task), the follower now follows it. */
         PyObject *follower = self->follower;

@@ -121,6 +121,11 @@ typedef struct gflpy_loop {
      * loop and the pump restores it (an idle pump costs no syscall for it:
      * asyncio's setter calls getpid()); lazy_done: it was set. */
     int lazy_running, lazy_done;
+    /* A host's run of the core made this loop the running loop at its
+     * first Python callback; the core calls host_run_end as that run
+     * returns (gfl_loop_at_run_end), which restores host_prev. */
+    int host_set;
+    PyObject *host_prev;
     PyObject *tr_head; /* transports the core holds (transport.c), for detach */
     struct gflpy_loop *attached_prev, *attached_next; /* every attached loop (atexit) */
 } gflpy_loop;

@@ -108,6 +108,57 @@ int gflpy_gil_enter(gflpy_entry *e)
     return 0;
 }
 
+/* The host's run that made `loop` the running loop is returning. */
+static void host_run_end(void *arg)
+{
+    gflpy_loop *loop = arg;
+    if (gflpy_gone)
+        return; /* the interpreter and its objects are gone */
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *prev = loop->host_prev;
+    loop->host_prev = NULL;
+    loop->host_set = 0;
+    if (running_loop_set(!prev || prev == Py_None ? NULL : prev) < 0)
+        PyErr_Clear();
+    Py_XDECREF(prev);
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(loop); /* the registration's */
+    PyGILState_Release(g);
+}
+
+/* While a host runs the core: makes `loop` the running loop until that run
+ * returns (once per run, not around every callback: asyncio's setter costs
+ * a getpid() each time). 0 when done (or already so), -1 when the core
+ * cannot call us back at the run's end (not inside a run): then the caller
+ * sets and restores around its own entry. */
+static int host_run_set(gflpy_loop *loop)
+{
+    if (!loop->core)
+        return -1;
+    PyObject *cur = running_loop_get();
+    if (!cur) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (cur == (PyObject *)loop) {
+        Py_DECREF(cur);
+        return 0;
+    }
+    Py_INCREF(loop); /* the registration's, dropped by host_run_end */
+    if (API->loop_at_run_end(loop->core, host_run_end, loop) < 0) {
+        Py_DECREF(loop);
+        Py_DECREF(cur);
+        return -1;
+    }
+    if (running_loop_set((PyObject *)loop) < 0)
+        PyErr_Clear();
+    loop->host_prev = cur;
+    loop->host_set = 1;
+    return 0;
+}
+
 /* Makes `loop` the running loop for this entry when the host pumps it (a
  * coroutine the host's gfl_loop_run_once resumes can then use
  * asyncio.get_running_loop()); nothing when Python iterates it itself. */
@@ -123,8 +174,10 @@ void gflpy_loop_enter(gflpy_loop *loop, gflpy_entry *e)
             PyErr_Clear();
         return;
     }
-    if (loop->py_running)
-        return; /* Python iterates (asyncio's own code set it up) */
+    if (loop->py_running || loop->host_set)
+        return; /* Python iterates (asyncio's own code set it up), or this run set it */
+    if (host_run_set(loop) == 0)
+        return;
     Py_INCREF(loop);
     e->loop = loop;
     if (loop->host_depth++ > 0)
