@@ -315,6 +315,10 @@ void gfl__future_destroy(gfl_future *f);
 
 /* ---- registry.c ---- */
 void gfl__exports_close(gfl_loop *loop); /* releases every export */
+/* A done future holding `value` (consumed; NULL: out of memory) as its
+ * result or error; NULL when out of memory. How the registry and plugin
+ * calls report a sync function's outcome. */
+gfl_future *gfl__future_settled(gfl_loop *loop, gfl_value *value, bool is_error);
 
 /* ---- misc ---- */
 double gfl__monotonic(void);

@@ -561,23 +561,6 @@ int gfl_plugin_call(gfl_plugin *plugin, const char *name, gfl_loop *loop,
     return run_sync(plugin, f, loop, args, nargs, result);
 }
 
-/* A done future holding `value` (consumed) as its result or error. */
-static gfl_future *done_future(gfl_loop *loop, gfl_value *value, bool is_error)
-{
-    if (!value)
-        return NULL;
-    gfl_future *fut = gfl_future_new(loop);
-    if (fut) {
-        int rc = is_error ? gfl_future_set_error(fut, value) : gfl_future_set_result(fut, value);
-        if (rc < 0) {
-            gfl_future_unref(fut);
-            fut = NULL;
-        }
-    }
-    gfl_value_unref(value); /* the future holds its own reference */
-    return fut;
-}
-
 /*
  * A new future reference for either kind of function: an async function's
  * own future, or for a sync one a done future with its result or error.
@@ -593,11 +576,11 @@ gfl_future *gfl_plugin_call_async(gfl_plugin *plugin, const char *name, gfl_loop
         return NULL;
     const struct plugin_function *f = find_function(plugin, name);
     if (!f)
-        return done_future(loop, call_error(GFL_ENOENT, "AttributeError", plugin, name, "no such function"), true);
+        return gfl__future_settled(loop, call_error(GFL_ENOENT, "AttributeError", plugin, name, "no such function"), true);
     if (!f->is_async) {
         gfl_value *out = NULL;
         int rc = run_sync(plugin, f, loop, args, nargs, &out);
-        return done_future(loop, out, rc < 0);
+        return gfl__future_settled(loop, out, rc < 0);
     }
 
     gfl_plugin_async_function fn = f->async_fn;
@@ -612,5 +595,5 @@ gfl_future *gfl_plugin_call_async(gfl_plugin *plugin, const char *name, gfl_loop
         return fut;
     char msg[PLUGIN_NAME_MAX + FUNCTION_NAME_MAX + 80];
     snprintf(msg, sizeof msg, "%s.%s: returned no future", pname, fname);
-    return done_future(loop, gfl_value_error(GFL_EUNKNOWN, NULL, msg, NULL), true);
+    return gfl__future_settled(loop, gfl_value_error(GFL_EUNKNOWN, NULL, msg, NULL), true);
 }

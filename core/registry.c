@@ -165,9 +165,7 @@ int gfl_export_is_async(gfl_loop *loop, const char *name)
     return e->async_fn ? 1 : 0;
 }
 
-/* A done future holding `value` (consumed) as its result or error; NULL
- * when out of memory. */
-static gfl_future *settled(gfl_loop *loop, gfl_value *value, bool is_error)
+gfl_future *gfl__future_settled(gfl_loop *loop, gfl_value *value, bool is_error)
 {
     if (!value)
         return NULL;
@@ -208,7 +206,7 @@ gfl_future *gfl_call(gfl_loop *loop, const char *name, gfl_value *const *args, s
         shown[k] = '\0';
         char what[EXPORT_NAME_MAX + 64];
         snprintf(what, sizeof what, "nothing is exported under the name '%s'", shown);
-        return settled(loop, gfl_value_error(GFL_ENOENT, "LookupError", what, NULL), true);
+        return gfl__future_settled(loop, gfl_value_error(GFL_ENOENT, "LookupError", what, NULL), true);
     }
 
     e->refs++; /* the call's own: the function may unexport itself */
@@ -216,17 +214,17 @@ gfl_future *gfl_call(gfl_loop *loop, const char *name, gfl_value *const *args, s
     if (e->async_fn) {
         f = e->async_fn(e->ud, loop, args, nargs);
         if (!f)
-            f = settled(loop, call_error(GFL_EUNKNOWN, NULL, e->name, "returned no future"), true);
+            f = gfl__future_settled(loop, call_error(GFL_EUNKNOWN, NULL, e->name, "returned no future"), true);
     } else {
         gfl_value *out = NULL;
         int rc = e->fn(e->ud, loop, args, nargs, &out);
         if (rc == 0) {
-            f = settled(loop, out ? out : gfl_value_nil(), false);
+            f = gfl__future_settled(loop, out ? out : gfl_value_nil(), false);
         } else if (rc < 0 && out && gfl_value_type_of(out) == GFL_VALUE_ERROR) {
-            f = settled(loop, out, true);
+            f = gfl__future_settled(loop, out, true);
         } else {
             gfl_value_unref(out);
-            f = settled(loop, call_error(rc < 0 ? rc : GFL_EUNKNOWN, NULL, e->name,
+            f = gfl__future_settled(loop, call_error(rc < 0 ? rc : GFL_EUNKNOWN, NULL, e->name,
                                          rc < 0 ? gfl_strerror(rc) : "returned an invalid status"),
                         true);
         }
