@@ -642,6 +642,203 @@ class TestSockMethods(LoopTestCase):
         loop.run_until_complete(main())
 
 
+class TestSendfile(LoopTestCase):
+    """loop.sendfile / sock_sendfile: os.sendfile into our transports'
+    sockets, with asyncio's fallback rules."""
+
+    def serve(self, received, done):
+        class Sink(asyncio.Protocol):
+            def data_received(self, data):
+                received.extend(data)
+
+            def eof_received(self):
+                done.set_result(None)
+        return self.loop.create_server(Sink, "127.0.0.1", 0)
+
+    def payload_file(self, size=200 * 1024):
+        import os
+        import tempfile
+        f = tempfile.TemporaryFile()
+        data = os.urandom(size)
+        f.write(data)
+        f.seek(0)
+        return f, data
+
+    def test_transport_sendfile_is_zero_copy(self):
+        import os
+        calls = []
+        real = os.sendfile
+
+        def spy(*args):
+            calls.append(args)
+            return real(*args)
+
+        async def main():
+            received, done = bytearray(), self.loop.create_future()
+            srv = await self.serve(received, done)
+            port = srv.sockets[0].getsockname()[1]
+            tr, _ = await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            f, data = self.payload_file()
+            with f:
+                tr.write(b"head:")  # sent before the file
+                os.sendfile = spy
+                try:
+                    n = await self.loop.sendfile(tr, f)
+                    m = await self.loop.sendfile(tr, f, offset=10, count=1000)
+                finally:
+                    os.sendfile = real
+                self.assertTrue(tr.is_reading(), "reading resumes after sendfile")
+                self.assertEqual(f.tell(), 10 + 1000)
+                tr.write(b":tail")
+                tr.write_eof()
+                await done
+            tr.close()
+            srv.close()
+            await srv.wait_closed()
+            return n, m, bytes(received), data
+        n, m, received, data = self.loop.run_until_complete(main())
+        self.assertEqual((n, m), (len(data), 1000))
+        self.assertTrue(received == b"head:" + data + data[10:1010] + b":tail")
+        self.assertTrue(calls, "os.sendfile was used")
+
+    def test_fallback_rules(self):
+        async def main():
+            received, done = bytearray(), self.loop.create_future()
+            srv = await self.serve(received, done)
+            port = srv.sockets[0].getsockname()[1]
+            tr, _ = await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            import io
+            import tempfile
+            with tempfile.TemporaryFile("w+") as text:
+                with self.assertRaisesRegex(ValueError, "binary mode"):  # asyncio's checks
+                    await self.loop.sendfile(tr, text)
+            mem = io.BytesIO(b"no file descriptor" * 100)
+            with self.assertRaises(asyncio.SendfileNotAvailableError):
+                await self.loop.sendfile(tr, mem, fallback=False)
+            mem.seek(0)
+            n = await self.loop.sendfile(tr, mem)  # the fallback reads and writes
+            tr.write_eof()
+            await done
+            tr.close()
+            srv.close()
+            await srv.wait_closed()
+            return n, bytes(received)
+        n, received = self.loop.run_until_complete(main())
+        self.assertEqual(n, 1800)
+        self.assertEqual(received, b"no file descriptor" * 100)
+
+    def test_server_side_and_sock_sendfile(self):
+        # The accepted connection's transport (the core made it) sends the
+        # file; sock_sendfile on a plain non-blocking socket too.
+        async def main():
+            f, data = self.payload_file()
+            sent = self.loop.create_future()
+
+            class Sender(asyncio.Protocol):
+                def connection_made(self, tr):
+                    async def send():
+                        try:
+                            n = await tr._loop.sendfile(tr, f)
+                            tr.close()
+                            sent.set_result(n)
+                        except BaseException as exc:
+                            sent.set_exception(exc)
+                    tr._loop.create_task(send())
+            srv = await self.loop.create_server(Sender, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            got = await r.read()
+            w.close()
+            n = await sent
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            f.seek(0)
+            m = await self.loop.sock_sendfile(a, f, 0, 5000)
+            a.close()
+            back = b.recv(10000)
+            b.close()
+            f.close()
+            srv.close()
+            await srv.wait_closed()
+            return n, got, m, back, data
+        n, got, m, back, data = self.loop.run_until_complete(main())
+        self.assertEqual(n, len(data))
+        self.assertTrue(got == data)
+        self.assertEqual(m, 5000)
+        self.assertTrue(back == data[:5000])
+
+
+class TestAddressErrors(LoopTestCase):
+    """The stock loop's exception types; ports above 65535 are refused (the
+    core checks them: glibc alone would wrap 73616 to 8080)."""
+
+    def test_getaddrinfo_none_none_is_a_gaierror(self):
+        with self.assertRaises(socket.gaierror):
+            self.loop.run_until_complete(self.loop.getaddrinfo(None, None))
+
+    def test_sock_connect_port_out_of_range(self):
+        async def main():
+            with socket.socket() as s:
+                s.setblocking(False)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.sock_connect(s, ("127.0.0.1", 70000))
+                with self.assertRaises(OverflowError):
+                    await self.loop.sock_connect(s, ("127.0.0.1", -1))
+        self.loop.run_until_complete(main())
+
+    def test_connect_and_serve_refuse_wrapped_ports(self):
+        async def main():
+            srv = await self.loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            try:
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", port + 65536)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", str(port + 65536))
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await asyncio.open_connection("127.0.0.1", port + 65536)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.create_server(asyncio.Protocol, "127.0.0.1", 99999)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.getaddrinfo("127.0.0.1", 70000)
+            finally:
+                srv.close()
+                await srv.wait_closed()
+        self.loop.run_until_complete(main())
+
+
+class TestDebugMode(LoopTestCase):
+    def test_one_slow_callback_report_in_asyncio_words(self):
+        import io
+        import logging
+        import re
+        import subprocess
+        import sys
+        # The core's own report goes to stderr: run a child and read both.
+        program = (
+            "import asyncio, time, globeflower\n"
+            "async def main():\n"
+            "    loop = asyncio.get_running_loop()\n"
+            "    loop.slow_callback_duration = 0.05\n"
+            "    loop.call_soon(time.sleep, 0.1)\n"
+            "    await asyncio.sleep(0.2)\n"
+            "    class P(asyncio.Protocol):\n"
+            "        def data_received(self, d): time.sleep(0.1)\n"
+            "    srv = await loop.create_server(P, '127.0.0.1', 0)\n"
+            "    r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())\n"
+            "    w.write(b'x'); await w.drain(); await asyncio.sleep(0.3)\n"
+            "    w.close(); srv.close(); await srv.wait_closed()\n"
+            "globeflower.run(main(), debug=True)\n")
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = [l for l in out.stderr.splitlines() if "took" in l]
+        self.assertEqual(len(lines), 2, out.stderr)
+        self.assertRegex(lines[0], r"^Executing <Handle sleep\(0\.1\) created at .*> took 0\.1\d\d seconds$")
+        self.assertRegex(lines[1], r"^Executing <I/O callback of <Loop .*>> took 0\.1\d\d seconds$")
+        self.assertNotRegex(out.stderr, r"0x[0-9a-f]{6,}", "no raw pointers")
+
+
 class TestSignals(unittest.TestCase):
     def test_interrupt_ends_a_blocking_poll(self):
         # The core polls without the GIL: a signal must still end the poll.
@@ -798,10 +995,13 @@ class TestPipes(LoopTestCase):
 
 
 class TestHeap(unittest.TestCase):
-    # Bursts of 100 KiB objects (stream buffers of many connections) must
-    # not fault their pages in again each time: see bindings/python/src/heap.c.
+    # Heap tuning changes the allocator of the whole process: an explicit
+    # opt-in (globeflower.tune_heap() or GLOBEFLOWER_HEAP_TUNING=1), never a
+    # side effect of making a loop. With it, bursts of 100 KiB objects
+    # (stream buffers of many connections) keep their pages (heap.c).
     PROGRAM = (
-        "import resource, globeflower\n"
+        "import resource, sys, globeflower\n"
+        "tuned_by_call = globeflower.tune_heap() if sys.argv[1] == 'call' else None\n"
         "globeflower.new_event_loop().close()\n"
         "def burst():\n"
         "    chunks = [b'x' * 102400 for _ in range(100)]\n"
@@ -809,24 +1009,45 @@ class TestHeap(unittest.TestCase):
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "for _ in range(5):\n"
         "    burst()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, globeflower.heap_tuned(), tuned_by_call)\n")
 
-    def faults(self, **env):
+    def run_program(self, how="loop", **env):
         import os
         import subprocess
         import sys
         environ = dict(os.environ, **env)
-        for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"):
-            environ.pop(name, None)
-        out = subprocess.run([sys.executable, "-c", self.PROGRAM], env=environ, check=True,
-                             stdout=subprocess.PIPE, text=True).stdout
-        return int(out)
+        for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+                     "GLOBEFLOWER_HEAP_TUNING"):
+            if name not in env:
+                environ.pop(name, None)
+        out = subprocess.run([sys.executable, "-c", self.PROGRAM, how], env=environ, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout.split()
+        return int(out[0]), out[1], out[2]
 
     @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
-    def test_bursts_of_big_buffers_keep_their_pages(self):
-        # 5 bursts of 10 MiB: ~12,500 faults if the heap is trimmed after each.
-        self.assertLess(self.faults(), 500)
-        self.assertGreater(self.faults(GLOBEFLOWER_HEAP_TUNING="0"), 5000)
+    def test_off_by_default(self):
+        # 5 bursts of 10 MiB: ~12,500 faults when the heap is trimmed after each.
+        faults, tuned, _ = self.run_program()
+        self.assertEqual(tuned, "False")
+        self.assertGreater(faults, 5000)
+
+    @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
+    def test_environment_opt_in(self):
+        faults, tuned, _ = self.run_program(GLOBEFLOWER_HEAP_TUNING="1")
+        self.assertEqual(tuned, "True")
+        self.assertLess(faults, 500)
+        faults, tuned, _ = self.run_program(GLOBEFLOWER_HEAP_TUNING="0")
+        self.assertEqual(tuned, "False")
+
+    @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
+    def test_explicit_call(self):
+        faults, tuned, by_call = self.run_program("call")
+        self.assertEqual((tuned, by_call), ("True", "True"))
+        self.assertLess(faults, 500)
+        # The program's own malloc settings win over both.
+        _, tuned, by_call = self.run_program("call", GLOBEFLOWER_HEAP_TUNING="1",
+                                             GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")
+        self.assertEqual((tuned, by_call), ("False", "False"))
 
 
 class TestEntryPoints(unittest.TestCase):

@@ -27,6 +27,7 @@ typedef struct gflpy_refs {
     PyObject *TimerHandle;      /* globeflower._loop.TimerHandle (asyncio.TimerHandle + _gfl_id) */
     PyObject *handle_error;     /* _loop._handle_error(handle, exc) */
     PyObject *run_debug;        /* _loop._run_handle_debug(loop, handle) */
+    PyObject *report_slow;      /* _loop._report_slow(loop, seconds): a slow core callback */
     PyObject *transport_error;  /* _loop._transport_fatal_error(transport, exc, message) */
     PyObject *BufferedProtocol; /* asyncio.BufferedProtocol */
     PyObject *TransportSocket;  /* asyncio.trsock.TransportSocket */
@@ -199,8 +200,12 @@ int gflpy_watch_remove(gflpy_loop *loop, int fd, int writer);
 /* ------------------------------------------------------------------ */
 /* glibc heap thresholds (heap.c)                                       */
 
-/* Once per process, at the first loop: see heap.c. */
-void gflpy_heap_tune(void);
+/* An explicit opt-in (see heap.c): tune_heap() now, or the first loop
+ * when GLOBEFLOWER_HEAP_TUNING=1. gflpy_heap_tune returns 1 when tuned. */
+int gflpy_heap_tune(void);
+void gflpy_heap_tune_if_asked(void);
+PyObject *gflpy_tune_heap(PyObject *module, PyObject *unused);
+PyObject *gflpy_heap_tuned(PyObject *module, PyObject *unused);
 
 /* ------------------------------------------------------------------ */
 /* The loop's sock_* methods (sock.c)                                  */

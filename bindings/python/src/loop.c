@@ -479,6 +479,26 @@ static int register_teardown(PyObject *module)
 /* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 
+static void watch_cb(void *arg);
+
+/* Debug mode: the core timed a callback of our loop. Handles and fd
+ * watchers ran through asyncio's Handle._run timing (_run_handle_debug),
+ * which already reported them; anything else (a transport's data path, an
+ * accept) is reported once, in asyncio's words, never as raw pointers. */
+static void slow_callback(gfl_loop *core, gfl_callback cb, void *arg, double seconds, void *ud)
+{
+    (void)core;
+    (void)arg;
+    gflpy_loop *self = ud;
+    if (cb == gflpy_handle_cb || cb == watch_cb || !gflpy.report_slow)
+        return;
+    PyObject *r = PyObject_CallFunction(gflpy.report_slow, "Od", (PyObject *)self, seconds);
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_WriteUnraisable(gflpy.report_slow);
+}
+
 static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     /* Python subclasses pass their own constructor arguments: only the
@@ -508,7 +528,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self->backend_fd = -1;
     self->sig_r = self->sig_w = -1;
-    gflpy_heap_tune();
+    gflpy_heap_tune_if_asked();
     if (host) {
         self->core = host;
         self->attached = 1;
@@ -518,6 +538,8 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         gfl_loop_options opts = {.size = sizeof opts, .before_poll = before_poll, .after_poll = after_poll,
                                  .poll_hook_ud = self};
         self->core = API->loop_new(&opts);
+        if (self->core)
+            API->loop_set_slow_callback_handler(self->core, slow_callback, self);
         /* 2: timed polls too (libevent's timers are precise then). */
         self->hooks = getenv("EVENT_PRECISE_TIMER") ? 2 : 1;
     }

@@ -108,6 +108,7 @@ static PyObject *mod_setup(PyObject *self, PyObject *ns)
         return PyErr_Format(PyExc_TypeError, "_setup() takes a dict");
     if (need(ns, "Handle", &gflpy.Handle) < 0 || need(ns, "TimerHandle", &gflpy.TimerHandle) < 0 ||
         need(ns, "handle_error", &gflpy.handle_error) < 0 || need(ns, "run_debug", &gflpy.run_debug) < 0 ||
+        need(ns, "report_slow", &gflpy.report_slow) < 0 ||
         need(ns, "transport_error", &gflpy.transport_error) < 0 ||
         need(ns, "BufferedProtocol", &gflpy.BufferedProtocol) < 0 ||
         need(ns, "TransportSocket", &gflpy.TransportSocket) < 0 ||
@@ -142,6 +143,10 @@ static PyMethodDef module_methods[] = {
     {"op_cancel", gflpy_op_cancel, METH_O, "Internal: abandons a core operation."},
     {"abi_version", mod_abi_version, METH_NOARGS, "The (major, minor) ABI version of the core in use."},
     {"_hosts_setup", gflpy_hosts_setup, METH_O, "Internal: receives the helpers of globeflower/_hosts.py."},
+    {"tune_heap", gflpy_tune_heap, METH_NOARGS,
+     "Opt-in: sets glibc's mmap threshold to 4 MiB and trim threshold to 32 MiB for the whole process "
+     "(unless the environment chose malloc settings). True when they are in effect."},
+    {"heap_tuned", gflpy_heap_tuned, METH_NOARGS, "Whether tune_heap() (or GLOBEFLOWER_HEAP_TUNING=1) tuned the heap."},
     {NULL, NULL, 0, NULL},
 };
 

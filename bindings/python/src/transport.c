@@ -1271,6 +1271,15 @@ static int make_sock(tr *s)
         PyErr_Clear();
         return -1;
     }
+    /* Non-blocking as the stock loop's sockets are (sock_sendfile and debug
+     * mode check gettimeout() == 0); the fd already is. */
+    PyObject *r = PyObject_CallMethod(sock, "setblocking", "O", Py_False);
+    if (!r) {
+        PyErr_Clear();
+        Py_DECREF(sock); /* closes the dup() */
+        return -1;
+    }
+    Py_DECREF(r);
     s->sock = sock;
     s->own_sock = 1;
     return 0;
