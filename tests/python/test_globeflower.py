@@ -882,6 +882,48 @@ class TestPipes(LoopTestCase):
             return await reader.read()
         self.assertEqual(self.loop.run_until_complete(main()), b"through the pipe")
 
+    def test_pipes_work_in_one_direction(self):
+        # As asyncio's pipe transports: a read pipe has no write side
+        # (AttributeError), a write pipe refuses the read side
+        # (NotImplementedError), and neither supports sendfile.
+        import os
+        import tempfile
+
+        async def main():
+            rfd, wfd = os.pipe()
+            rpipe, wpipe = open(rfd, "rb", 0), open(wfd, "wb", 0)
+            rt, _ = await self.loop.connect_read_pipe(asyncio.Protocol, rpipe)
+            wt, _ = await self.loop.connect_write_pipe(asyncio.Protocol, wpipe)
+            for name in ("write", "writelines", "write_eof", "can_write_eof", "get_write_buffer_size",
+                         "get_write_buffer_limits", "set_write_buffer_limits"):
+                self.assertFalse(hasattr(rt, name), name)
+                with self.assertRaises(AttributeError):
+                    getattr(rt, name)
+                self.assertNotIn(name, dir(rt))
+            self.assertTrue(rt.is_reading())
+            rt.pause_reading()
+            self.assertFalse(rt.is_reading())
+            rt.resume_reading()
+            for name in ("pause_reading", "resume_reading", "is_reading"):
+                with self.assertRaises(NotImplementedError):
+                    getattr(wt, name)()
+            self.assertIsInstance(rt, asyncio.ReadTransport)
+            self.assertIsInstance(wt, asyncio.WriteTransport)
+            wt.set_write_buffer_limits(10, 5)
+            self.assertEqual(wt.get_write_buffer_limits(), (5, 10))
+            self.assertTrue(wt.can_write_eof())
+            with tempfile.TemporaryFile() as f:
+                f.write(b"data")
+                f.seek(0)
+                with self.assertRaisesRegex(RuntimeError, "not supported"):
+                    await self.loop.sendfile(wt, f)
+                with self.assertRaisesRegex(RuntimeError, "not supported"):
+                    await self.loop.sendfile(rt, f)
+            rt.close()
+            wt.close()
+            await asyncio.sleep(0)
+        self.loop.run_until_complete(main())
+
     def test_subprocess(self):
         async def main():
             p = await asyncio.create_subprocess_exec(

@@ -741,3 +741,49 @@ _core.StreamTransport._start_tls_compatible = True
 _core.StreamTransport._sendfile_compatible = asyncio.constants._SendfileMode.TRY_NATIVE
 _core.StreamTransport._make_empty_waiter = _make_empty_waiter
 _core.StreamTransport._reset_empty_waiter = _reset_empty_waiter
+
+
+# --------------------------------------------------------------------------
+# Pipes work in one direction, as asyncio's pipe transports do: a read pipe
+# has no write side at all (AttributeError), a write pipe refuses the read
+# side (ReadTransport's NotImplementedError); neither supports sendfile.
+
+class _Absent:
+    """An attribute a read pipe does not have: getattr raises
+    AttributeError and hasattr() is False, as on asyncio's read pipes."""
+
+    def __set_name__(self, owner, name):
+        self._name = name
+
+    def __get__(self, obj, owner=None):
+        raise AttributeError(f"{(owner or type(obj)).__name__!r} object has no attribute {self._name!r}")
+
+
+class _ReadPipeTransport(_core.StreamTransport):
+    __slots__ = ()
+    _sendfile_compatible = asyncio.constants._SendfileMode.UNSUPPORTED
+    write = writelines = write_eof = can_write_eof = _Absent()
+    get_write_buffer_size = get_write_buffer_limits = set_write_buffer_limits = _Absent()
+    _make_empty_waiter = _reset_empty_waiter = _Absent()
+
+    def __dir__(self):
+        return [n for n in super().__dir__() if not isinstance(_ReadPipeTransport.__dict__.get(n), _Absent)]
+
+
+class _WritePipeTransport(_core.StreamTransport):
+    __slots__ = ()
+    _sendfile_compatible = asyncio.constants._SendfileMode.UNSUPPORTED
+
+    def pause_reading(self):
+        raise NotImplementedError
+
+    def resume_reading(self):
+        raise NotImplementedError
+
+    def is_reading(self):
+        raise NotImplementedError
+
+
+_ReadPipeTransport.__name__ = _ReadPipeTransport.__qualname__ = "ReadPipeTransport"
+_WritePipeTransport.__name__ = _WritePipeTransport.__qualname__ = "WritePipeTransport"
+_core._set_pipe_types(_ReadPipeTransport, _WritePipeTransport)

@@ -257,6 +257,7 @@ int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *proto
                              const gfl_protocol **proto, void **ud);
 int gflpy_server_init_type(PyObject *module);
 /* Creates the type as a subclass of `base` (asyncio.Transport). */
+int gflpy_transport_set_pipe_types(PyObject *read_type, PyObject *write_type);
 int gflpy_transport_make_type(PyObject *base);
 /* loop._make_socket_transport(sock, protocol, waiter=None, extra=None, server=None) */
 PyObject *gflpy_make_socket_transport(gflpy_loop *loop, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);

@@ -131,6 +131,19 @@ static PyObject *mod_setup(PyObject *self, PyObject *ns)
     Py_RETURN_NONE;
 }
 
+static PyObject *mod_set_pipe_types(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *read_type, *write_type;
+    if (!PyArg_ParseTuple(args, "OO:_set_pipe_types", &read_type, &write_type))
+        return NULL;
+    if (!gflpy_StreamTransportType)
+        return PyErr_Format(PyExc_RuntimeError, "globeflower._core not set up");
+    if (gflpy_transport_set_pipe_types(read_type, write_type) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *mod_abi_version(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -140,6 +153,8 @@ static PyObject *mod_abi_version(PyObject *self, PyObject *unused)
 
 static PyMethodDef module_methods[] = {
     {"_setup", mod_setup, METH_O, "Internal: receives the Python-level helpers."},
+    {"_set_pipe_types", mod_set_pipe_types, METH_VARARGS,
+     "Internal: the read-pipe and write-pipe subclasses of StreamTransport."},
     {"op_cancel", gflpy_op_cancel, METH_O, "Internal: abandons a core operation."},
     {"abi_version", mod_abi_version, METH_NOARGS, "The (major, minor) ABI version of the core in use."},
     {"_hosts_setup", gflpy_hosts_setup, METH_O, "Internal: receives the helpers of globeflower/_hosts.py."},

@@ -24,6 +24,9 @@
 #include <unistd.h>
 
 PyTypeObject *gflpy_StreamTransportType;
+/* One-way pipe transports (_loop.py subclasses of StreamTransport): a read
+ * pipe has no write side, a write pipe refuses the read side. */
+static PyTypeObject *read_pipe_type, *write_pipe_type;
 
 /* Writes one iteration may batch per transport before sending them. */
 #define PENDING_MAX 16
@@ -593,9 +596,9 @@ static int factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void
 
 /* A transport object not yet bound to a core transport. `sock` (the
  * Python socket) may be NULL: it is then made on demand from the fd. */
-static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject *sock, PyObject *extra, PyObject *waiter)
+static PyObject *transport_alloc_as(PyTypeObject *tp, gflpy_loop *loop, PyObject *protocol, PyObject *sock,
+                                    PyObject *extra, PyObject *waiter)
 {
-    PyTypeObject *tp = gflpy_StreamTransportType;
     PyObject *self = tp->tp_alloc(tp, 0);
     if (!self)
         return NULL;
@@ -620,6 +623,11 @@ static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject 
 fail:
     Py_DECREF(self);
     return NULL;
+}
+
+static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject *sock, PyObject *extra, PyObject *waiter)
+{
+    return transport_alloc_as(gflpy_StreamTransportType, loop, protocol, sock, extra, waiter);
 }
 
 /* The asyncio Server that owns the connection: Server._attach(). */
@@ -770,7 +778,8 @@ static PyObject *make_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject 
         return PyErr_SetFromErrno(PyExc_OSError);
     if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
         return PyErr_Format(PyExc_ValueError, "Pipe transport is only for pipes, sockets and character devices");
-    PyObject *self = transport_alloc(loop, protocol, pipe, extra, waiter);
+    PyTypeObject *tp = write ? write_pipe_type : read_pipe_type;
+    PyObject *self = transport_alloc_as(tp ? tp : gflpy_StreamTransportType, loop, protocol, pipe, extra, waiter);
     if (!self)
         return NULL;
     tr *s = TR(self);
@@ -1578,7 +1587,7 @@ int gflpy_transport_make_type(PyObject *base)
     };
     static PyType_Spec spec = {
         "globeflower._core.StreamTransport", 0, 0,
-        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, slots,
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, slots,
     };
     spec.basicsize = (int)(tr_off + (Py_ssize_t)sizeof(tr));
     PyObject *bases = PyTuple_Pack(1, base);
@@ -1590,6 +1599,23 @@ int gflpy_transport_make_type(PyObject *base)
     if (gflpy_StreamTransportType)
         gflpy_StreamTransportType->tp_new = NULL;
     return gflpy_StreamTransportType ? 0 : -1;
+}
+
+/* _setup's ReadPipeTransport / WritePipeTransport (optional). */
+int gflpy_transport_set_pipe_types(PyObject *read_type, PyObject *write_type)
+{
+    PyObject *types[2] = {read_type, write_type};
+    for (int i = 0; i < 2; i++)
+        if (types[i] && (!PyType_Check(types[i]) ||
+                         !PyType_IsSubtype((PyTypeObject *)types[i], gflpy_StreamTransportType))) {
+            PyErr_SetString(PyExc_TypeError, "pipe transport types must subclass StreamTransport");
+            return -1;
+        }
+    Py_XINCREF(read_type);
+    Py_XSETREF(read_pipe_type, (PyTypeObject *)read_type);
+    Py_XINCREF(write_type);
+    Py_XSETREF(write_pipe_type, (PyTypeObject *)write_type);
+    return 0;
 }
 
 int gflpy_transport_init_type(PyObject *module)
