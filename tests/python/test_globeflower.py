@@ -642,6 +642,246 @@ class TestSockMethods(LoopTestCase):
         loop.run_until_complete(main())
 
 
+CTX = contextvars.ContextVar("CTX", default="unset")
+
+
+class Recorder:
+    """A protocol mixin: records CTX in every callback it gets."""
+
+    def __init__(self, log, done=None):
+        self.log, self.done = log, done
+
+    def rec(self, name):
+        self.log.append((name, CTX.get()))
+
+    def connection_made(self, tr):
+        self.rec("connection_made")
+        self.tr = tr
+
+    def data_received(self, data):
+        self.rec("data_received")
+
+    def eof_received(self):
+        self.rec("eof_received")
+
+    def get_buffer(self, hint):
+        self.rec("get_buffer")
+        return bytearray(1024)
+
+    def buffer_updated(self, n):
+        self.rec("buffer_updated")
+
+    def connection_lost(self, exc):
+        self.rec("connection_lost")
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def datagram_received(self, data, addr):
+        self.rec("datagram_received")
+
+    def error_received(self, exc):
+        self.rec("error_received")
+
+    def pipe_data_received(self, fd, data):
+        self.rec("pipe_data_received")
+
+    def pipe_connection_lost(self, fd, exc):
+        self.rec("pipe_connection_lost")
+
+    def process_exited(self):
+        self.rec("process_exited")
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+class RecProtocol(Recorder, asyncio.Protocol):
+    pass
+
+
+class RecBuffered(Recorder, asyncio.BufferedProtocol):
+    pass
+
+
+class RecDatagram(Recorder, asyncio.DatagramProtocol):
+    pass
+
+
+class RecSubprocess(Recorder, asyncio.SubprocessProtocol):
+    pass
+
+
+class TestContextVars(LoopTestCase):
+    """Every protocol callback, and a server's protocol factory, runs in
+    the context in which the connection, server or endpoint was created,
+    as on the stock loop; CTX is set to something else meanwhile."""
+
+    def check(self, log, value, names):
+        self.assertTrue(log)
+        got = {name for name, _ in log}
+        self.assertTrue(set(names) <= got, (names, log))
+        for name, seen in log:
+            self.assertEqual(seen, value, (name, log))
+
+    def test_tcp_server_and_client(self):
+        server_log, client_log, factory_log = [], [], []
+
+        async def main():
+            loop = self.loop
+            CTX.set("server")
+            lost = loop.create_future()
+
+            def factory():
+                factory_log.append(CTX.get())
+                CTX.set("per-connection")  # stays in this connection's context
+                return RecProtocol(server_log, lost)
+            srv = await loop.create_server(factory, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            CTX.set("client")
+            client_lost = loop.create_future()
+            for _ in range(2):  # the second connection starts from the server's value again
+                tr, _ = await loop.create_connection(lambda: RecProtocol(client_log, client_lost), "127.0.0.1", port)
+                CTX.set("elsewhere")
+                tr.write(b"hello")
+                await asyncio.sleep(0.05)
+                tr.close()
+                await asyncio.sleep(0.05)
+                CTX.set("client")
+            await lost
+            srv.close()
+            await srv.wait_closed()
+        self.loop.run_until_complete(main())
+        self.assertEqual(factory_log, ["server", "server"])
+        self.check(server_log, "per-connection", ["connection_made", "data_received", "eof_received",
+                                                  "connection_lost"])
+        self.check(client_log, "client", ["connection_made", "connection_lost"])
+
+    def test_client_on_a_socket_and_buffered_protocol(self):
+        log = []
+
+        async def main():
+            loop = self.loop
+            srv = await loop.create_server(lambda: RecProtocol([]), "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+
+            async def send_and_close(reader, writer):
+                writer.write(b"data for the buffered protocol")
+                await writer.drain()
+                writer.close()
+            srv2 = await asyncio.start_server(send_and_close, "127.0.0.1", 0)
+            port2 = srv2.sockets[0].getsockname()[1]
+            CTX.set("buffered client")
+            sock = socket.create_connection(("127.0.0.1", port2))
+            sock.setblocking(False)
+            done = loop.create_future()
+            tr, _ = await loop.create_connection(lambda: RecBuffered(log, done), sock=sock)
+            CTX.set("elsewhere")
+            await done
+            srv.close()
+            srv2.close()
+            await srv.wait_closed()
+            await srv2.wait_closed()
+        self.loop.run_until_complete(main())
+        self.check(log, "buffered client", ["connection_made", "get_buffer", "buffer_updated",
+                                            "eof_received", "connection_lost"])
+
+    def test_unix_server(self):
+        import os
+        import tempfile
+        log, factory_log = [], []
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+
+        async def main():
+            loop = self.loop
+            path = os.path.join(tmp.name, "sock")
+            CTX.set("unix server")
+            lost = loop.create_future()
+
+            def factory():
+                factory_log.append(CTX.get())
+                return RecProtocol(log, lost)
+            srv = await loop.create_unix_server(factory, path)
+            CTX.set("elsewhere")
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(b"x")
+            w.write_eof()
+            await lost
+            w.close()
+            srv.close()
+            await srv.wait_closed()
+        self.loop.run_until_complete(main())
+        self.assertEqual(factory_log, ["unix server"])
+        self.check(log, "unix server", ["connection_made", "data_received", "eof_received", "connection_lost"])
+
+    def test_pipes(self):
+        import os
+        read_log, write_log = [], []
+
+        async def main():
+            loop = self.loop
+            rfd, wfd = os.pipe()
+            CTX.set("pipes")
+            rdone, wdone = loop.create_future(), loop.create_future()
+            rt, _ = await loop.connect_read_pipe(lambda: RecProtocol(read_log, rdone), open(rfd, "rb", 0))
+            wt, _ = await loop.connect_write_pipe(lambda: RecProtocol(write_log, wdone), open(wfd, "wb", 0))
+            CTX.set("elsewhere")
+            wt.write(b"through")
+            wt.close()
+            await rdone
+            await wdone
+        self.loop.run_until_complete(main())
+        self.check(read_log, "pipes", ["connection_made", "data_received", "eof_received", "connection_lost"])
+        self.check(write_log, "pipes", ["connection_made", "connection_lost"])
+
+    def test_datagrams(self):
+        log = []
+
+        async def main():
+            loop = self.loop
+            CTX.set("udp")
+            done = loop.create_future()
+            tr, _ = await loop.create_datagram_endpoint(lambda: RecDatagram(log, done),
+                                                        local_addr=("127.0.0.1", 0))
+            addr = tr.get_extra_info("sockname")
+            # a connected endpoint to a closed port: error_received
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+            probe.close()
+            tr2, _ = await loop.create_datagram_endpoint(lambda: RecDatagram(log), remote_addr=("127.0.0.1", closed_port))
+            CTX.set("elsewhere")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"ping", addr)
+            tr2.sendto(b"nobody")
+            await asyncio.sleep(0.1)
+            tr2.sendto(b"nobody")
+            await asyncio.sleep(0.1)
+            tr.close()
+            tr2.close()
+            await done
+        self.loop.run_until_complete(main())
+        self.check(log, "udp", ["connection_made", "datagram_received", "error_received", "connection_lost"])
+
+    def test_subprocess(self):
+        log = []
+
+        async def main():
+            loop = self.loop
+            CTX.set("subprocess")
+            done = loop.create_future()
+            tr, _ = await loop.subprocess_exec(lambda: RecSubprocess(log, done), "sh", "-c", "echo out")
+            CTX.set("elsewhere")
+            await done
+            await asyncio.sleep(0.05)
+            tr.close()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(main())
+        finally:
+            asyncio.set_event_loop(None)
+        self.check(log, "subprocess", ["connection_made", "pipe_data_received", "process_exited"])
+
+
 class TestSendfile(LoopTestCase):
     """loop.sendfile / sock_sendfile: os.sendfile into our transports'
     sockets, with asyncio's fallback rules."""

@@ -252,9 +252,41 @@ static inline void gflpy_batch_end(gflpy_loop *loop)
 }
 int gflpy_transport_init_type(PyObject *module);
 /* A core server accepted `t`: makes its Python transport for `protocol`
- * (attached to the asyncio `server`) and fills the core factory's outputs. */
+ * (attached to the asyncio `server`) and fills the core factory's outputs.
+ * Its protocol callbacks run in `context` (a contextvars.Context, taken
+ * over by the transport; NULL: a copy of the current one). */
 int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *protocol, PyObject *server,
-                             const gfl_protocol **proto, void **ud);
+                             PyObject *context, const gfl_protocol **proto, void **ud);
+
+/* Protocol callbacks run in the context of whoever created the connection,
+ * server or endpoint, as the stock loop's handles do. gflpy_context_enter
+ * returns what gflpy_context_exit must leave: NULL when `ctx` is NULL or
+ * already the current context (a callback calling back into its own
+ * transport), or when it cannot be entered (entered further down the
+ * stack: the callback then runs in the current context). */
+static inline PyObject *gflpy_context_enter(PyObject *ctx)
+{
+    if (!ctx || PyThreadState_Get()->context == ctx)
+        return NULL;
+    if (PyContext_Enter(ctx) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_INCREF(ctx); /* the callback may drop the object that held it */
+    return ctx;
+}
+
+static inline void gflpy_context_exit(PyObject *entered)
+{
+    if (!entered)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyContext_Exit(entered) < 0)
+        PyErr_WriteUnraisable(entered);
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(entered);
+}
 int gflpy_server_init_type(PyObject *module);
 /* Creates the type as a subclass of `base` (asyncio.Transport). */
 int gflpy_transport_set_pipe_types(PyObject *read_type, PyObject *write_type);
