@@ -1048,6 +1048,65 @@ class TestAddressErrors(LoopTestCase):
         self.loop.run_until_complete(main())
 
 
+class TestAcceptErrors(unittest.TestCase):
+    """accept() failing with EMFILE reaches loop.set_exception_handler (as on
+    the stock loop, not the core's stderr printer), and the loop's backend
+    fd recovers afterwards: a 0.5 s sleep then costs a wakeup or two, not
+    500 polls in 1 ms slices."""
+
+    PROGRAM = """
+import asyncio, os, resource, socket, globeflower
+def switches():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+async def main():
+    loop = asyncio.get_running_loop()
+    seen = []
+    loop.set_exception_handler(lambda l, ctx: seen.append(ctx))
+    srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    client = socket.create_connection(srv.sockets[0].getsockname())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))
+    hog = []
+    try:
+        while True:
+            hog.append(os.dup(0))
+    except OSError:
+        pass
+    await asyncio.sleep(0.3)  # accept fails; the first timed wait too
+    for fd in hog:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await asyncio.sleep(0.05)
+    before = switches()
+    await asyncio.sleep(0.5)
+    after = switches()
+    client.close()
+    srv.close()
+    await srv.wait_closed()
+    exc = seen[0].get("exception") if seen else None
+    print(len(seen), seen[0]["message"] if seen else "", type(exc).__name__, getattr(exc, "errno", None), after - before)
+globeflower.run(main())
+"""
+
+    def test_emfile_reaches_the_handler_and_the_loop_recovers(self):
+        import errno
+        import subprocess
+        import sys
+        out = subprocess.run([sys.executable, "-c", self.PROGRAM], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("Too many open files", out.stderr, "nothing on the core's stderr printer")
+        n, rest = out.stdout.split(" ", 1)
+        message, rest = rest.rsplit(" ", 3)[0], rest.rsplit(" ", 3)[1:]
+        self.assertGreaterEqual(int(n), 1)
+        self.assertEqual(message, "socket.accept() out of system resource")
+        self.assertEqual(rest[0], "OSError")
+        self.assertEqual(int(rest[1]), errno.EMFILE)
+        self.assertLess(int(rest[2]), 50, "the loop still polls in 1 ms slices")
+
+
 class TestDebugMode(LoopTestCase):
     def test_one_slow_callback_report_in_asyncio_words(self):
         import io
