@@ -498,8 +498,7 @@ static void core_exception(gfl_loop *core, const char *message, gfl_value *error
         gflpy_leave(&e);
         return;
     }
-    Py_INCREF(self);
-    gflpy_loop_enter(self, &e);
+    Py_INCREF(self); /* no running loop needed: the handler only reports */
     PyObject *exc = error ? gflpy_exception_from_value(error) : NULL;
     if (!exc)
         PyErr_Clear();
