@@ -5,6 +5,7 @@
  */
 #include "stream_util.h"
 
+#include <globeflower_datagram.h>
 #include <netdb.h>
 
 static gfl_loop *loop;
@@ -189,4 +190,24 @@ Test(dns, connect_and_serve_on_ports_above_65535_fail)
     assert_port_refused(gfl_create_server(loop, never_called_factory, NULL, count_release, &any), "99999");
     RUN_UNTIL(loop, releases == 4, 10);
     cr_assert_eq(releases, 4, "each factory is released exactly once");
+}
+
+static int never_called_datagram_factory(void *ud, gfl_transport *t, const gfl_datagram_protocol **proto, void **pud)
+{
+    (void)ud, (void)t, (void)proto, (void)pud;
+    cr_assert_fail("no endpoint may be made on a wrapped port");
+    return -1;
+}
+
+Test(dns, datagram_endpoints_on_ports_above_65535_fail)
+{
+    releases = 0;
+    gfl_datagram_options local = {.size = sizeof local, .local_host = "127.0.0.1", .local_port = "70000"};
+    assert_port_refused(gfl_create_datagram_endpoint(loop, never_called_datagram_factory, NULL, count_release, &local),
+                        "70000");
+    gfl_datagram_options remote = {.size = sizeof remote, .remote_host = "127.0.0.1", .remote_port = "65536"};
+    assert_port_refused(gfl_create_datagram_endpoint(loop, never_called_datagram_factory, NULL, count_release, &remote),
+                        "65536");
+    RUN_UNTIL(loop, releases == 2, 10);
+    cr_assert_eq(releases, 2);
 }
