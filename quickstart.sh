@@ -31,6 +31,8 @@ DEB_PACKAGES=(
     python3-uvloop
     python3-aiohttp
     python3-websockets
+    # the install test (tests/python/check-install.sh): pip install bindings/python
+    python3-pip
     # Lua binding (--with-lua, see GFL_LUA below): headers and interpreters
     # for each Lua it is built and tested with, and the peers of its benches.
     liblua5.1-0-dev

@@ -92,8 +92,13 @@ static int epoll_watches(int epfd, int target)
 static int scan_eventpolls(gfl_loop *loop, struct fd_list *out)
 {
     DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return GFL_ENOSYS;
+    if (!d) {
+        /* Out of descriptors is passing (the caller may ask again later);
+         * anything else means there is no /proc to look at. */
+        if (errno == EMFILE || errno == ENFILE)
+            return GFL_EMFILE;
+        return errno == ENOMEM ? GFL_ENOMEM : GFL_ENOSYS;
+    }
     int rc = GFL_OK, self = dirfd(d);
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {

@@ -244,6 +244,10 @@ GFL_EXPORT gfl_future *gfl_getaddrinfo(gfl_loop *loop, const char *host, const c
     hints.ai_protocol = protocol;
     hints.ai_flags = flags;
 
+    /* Every host's connect, bind and lookup comes through here. */
+    if (gfl__port_out_of_range(service))
+        return done_future(loop, gfl__port_error(service));
+
     if (!service || all_digits(service)) {
         struct addrinfo nh = hints;
         nh.ai_flags |= AI_NUMERICHOST | AI_NUMERICSERV;

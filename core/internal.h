@@ -472,6 +472,10 @@ const char *gfl__errno_type(int err);           /* "ConnectionResetError", ... *
 gfl_value *gfl__os_error(int err, const char *what); /* new error value */
 int gfl__fd_prepare(int fd);                    /* NONBLOCK + CLOEXEC */
 int gfl__sockaddr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
+/* A numeric service (port) above 65535, and the error value saying so
+ * (code GFL_EINVAL, type "OverflowError"; a new reference). */
+bool gfl__port_out_of_range(const char *service);
+gfl_value *gfl__port_error(const char *service);
 /* A connect/accept outcome as a future result or error (future borrowed). */
 void gfl__future_fail_errno(gfl_future *f, int err, const char *what);
 void gfl__future_fail_value(gfl_future *f, gfl_value *err); /* consumes err */

@@ -101,3 +101,28 @@ void gfl__future_fail_errno(gfl_future *f, int err, const char *what)
 {
     gfl__future_fail_value(f, gfl__os_error(err, what));
 }
+
+/* glibc's getaddrinfo takes a numeric service above 65535 modulo 65536
+ * (99999 would listen on 34463), so a numeric port is checked here. */
+bool gfl__port_out_of_range(const char *service)
+{
+    if (!service || !*service)
+        return false;
+    unsigned long port = 0;
+    for (const char *p = service; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return false; /* a service name: getaddrinfo's to judge */
+        port = port * 10 + (unsigned long)(*p - '0');
+        if (port > 65535)
+            return true;
+    }
+    return false;
+}
+
+gfl_value *gfl__port_error(const char *service)
+{
+    char msg[96];
+    snprintf(msg, sizeof msg, "port must be 0-65535 (got %.20s%s)", service, strlen(service) > 20 ? "..." : "");
+    /* What Python's socket module raises for such a port. */
+    return gfl_value_error(GFL_EINVAL, "OverflowError", msg, NULL);
+}

@@ -5,6 +5,7 @@
  */
 #include "stream_util.h"
 
+#include <globeflower_datagram.h>
 #include <netdb.h>
 
 static gfl_loop *loop;
@@ -130,4 +131,83 @@ Test(dns, addrinfo_objects_and_bad_arguments)
     cr_assert_null(gfl_getnameinfo(loop, NULL, 0, 0));
     cr_assert_null(gfl_getnameinfo(loop, &a, 1, 0));
     cr_assert_null(gfl_nameinfo_host(NULL));
+}
+
+/* glibc takes numeric services above 65535 modulo 65536: the core refuses
+ * them, for lookups, connections and servers alike, with a clear error. */
+static void assert_port_refused(gfl_future *f, const char *port)
+{
+    cr_assert_not_null(f);
+    RUN_UNTIL(loop, future_done(f), 10);
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_ERROR, "port %s was accepted", port);
+    gfl_value *e = gfl_future_value(f);
+    cr_assert_eq(gfl_value_error_code(e), GFL_EINVAL);
+    cr_assert_str_eq(gfl_value_error_type(e), "OverflowError");
+    cr_assert_not_null(strstr(gfl_value_error_message(e), "port must be 0-65535"), "%s", gfl_value_error_message(e));
+    gfl_future_unref(f);
+}
+
+Test(dns, ports_above_65535_are_refused)
+{
+    const char *bad[] = {"65536", "70000", "73616", "99999", "123456789012345678901234567890"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_port_refused(gfl_getaddrinfo(loop, "127.0.0.1", bad[i], AF_UNSPEC, SOCK_STREAM, 0, 0), bad[i]);
+    /* The edges still resolve. */
+    gfl_future *f = gfl_getaddrinfo(loop, "127.0.0.1", "65535", AF_INET, SOCK_STREAM, 0, 0);
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_RESULT);
+    gfl_future_unref(f);
+    f = gfl_getaddrinfo(loop, "127.0.0.1", "0", AF_INET, SOCK_STREAM, 0, 0);
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_RESULT);
+    gfl_future_unref(f);
+}
+
+static int never_called_factory(void *ud, gfl_transport *t, const gfl_protocol **proto, void **pud)
+{
+    (void)ud, (void)t, (void)proto, (void)pud;
+    cr_assert_fail("no connection may be made on a wrapped port");
+    return -1;
+}
+
+static int releases;
+static void count_release(void *ud)
+{
+    (void)ud;
+    releases++;
+}
+
+Test(dns, connect_and_serve_on_ports_above_65535_fail)
+{
+    releases = 0;
+    gfl_connect_options co = {.size = sizeof co, .host = "127.0.0.1", .port = "73616"};
+    assert_port_refused(gfl_create_connection(loop, never_called_factory, NULL, count_release, &co), "73616");
+    gfl_connect_options local = {.size = sizeof local, .host = "127.0.0.1", .port = "1", .local_host = "127.0.0.1",
+                                 .local_port = "65536"};
+    assert_port_refused(gfl_create_connection(loop, never_called_factory, NULL, count_release, &local), "65536");
+    const char *hosts[] = {"127.0.0.1", NULL};
+    gfl_server_options so = {.size = sizeof so, .hosts = hosts, .port = "99999"};
+    assert_port_refused(gfl_create_server(loop, never_called_factory, NULL, count_release, &so), "99999");
+    gfl_server_options any = {.size = sizeof any, .port = "99999"};
+    assert_port_refused(gfl_create_server(loop, never_called_factory, NULL, count_release, &any), "99999");
+    RUN_UNTIL(loop, releases == 4, 10);
+    cr_assert_eq(releases, 4, "each factory is released exactly once");
+}
+
+static int never_called_datagram_factory(void *ud, gfl_transport *t, const gfl_datagram_protocol **proto, void **pud)
+{
+    (void)ud, (void)t, (void)proto, (void)pud;
+    cr_assert_fail("no endpoint may be made on a wrapped port");
+    return -1;
+}
+
+Test(dns, datagram_endpoints_on_ports_above_65535_fail)
+{
+    releases = 0;
+    gfl_datagram_options local = {.size = sizeof local, .local_host = "127.0.0.1", .local_port = "70000"};
+    assert_port_refused(gfl_create_datagram_endpoint(loop, never_called_datagram_factory, NULL, count_release, &local),
+                        "70000");
+    gfl_datagram_options remote = {.size = sizeof remote, .remote_host = "127.0.0.1", .remote_port = "65536"};
+    assert_port_refused(gfl_create_datagram_endpoint(loop, never_called_datagram_factory, NULL, count_release, &remote),
+                        "65536");
+    RUN_UNTIL(loop, releases == 2, 10);
+    cr_assert_eq(releases, 2);
 }

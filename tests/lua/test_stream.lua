@@ -57,6 +57,53 @@ function T.connection_refused_is_a_value()
     assert(t == nil and msg2:match("refused"))
 end
 
+function T.ports_above_65535_are_refused()
+    -- glibc would take 73616 as 8080 (modulo 65536): the core refuses it.
+    local srv = echo_server()
+    local wrapped = srv:port() + 65536
+    local s, msg, code = gfl.open_connection("127.0.0.1", wrapped)
+    assert(s == nil and msg:match("port must be 0%-65535") and code == -22, tostring(msg)) -- GFL_EINVAL
+    local t, msg2 = gfl.create_connection(function() return {} end, "127.0.0.1", wrapped)
+    assert(t == nil and msg2:match("port must be 0%-65535"), tostring(msg2))
+    local listener, msg3, code3 = gfl.start_server(function() end, "127.0.0.1", 99999)
+    assert(listener == nil and msg3:match("port must be 0%-65535") and code3 == -22, tostring(msg3))
+    local list, msg4 = gfl.getaddrinfo("127.0.0.1", 70000)
+    assert(list == nil and msg4:match("port must be 0%-65535"), tostring(msg4))
+    srv:close()
+    srv:wait_closed()
+end
+
+function T.accept_errors_reach_the_exception_handler()
+    -- accept() failing with EMFILE goes to gfl.set_exception_handler.
+    local got = gfl.future()
+    gfl.set_exception_handler(function(msg, err)
+        if not got:done() then got:set_result(msg, err) end
+    end)
+    local srv = echo_server()
+    -- every descriptor in use but one, for the client's socket: the
+    -- connection completes in the kernel and the server's accept() fails
+    local files = {}
+    while #files < 100000 do
+        local f = io.open("/dev/null")
+        if not f then break end
+        files[#files + 1] = f
+    end
+    table.remove(files):close()
+    local client = gfl.spawn(function()
+        return gfl.create_connection(function() return {} end, "127.0.0.1", srv:port())
+    end)
+    local ok, msg, err = pcall(gfl.wait_for, got, 5)
+    for _, f in ipairs(files) do f:close() end
+    assert(ok, msg)
+    local queued = gfl.wait_for(client, 5)
+    gfl.set_exception_handler(nil)
+    assert(msg == "socket.accept() out of system resource", msg)
+    assert(err.code == -24 and tostring(err):match("Too many open files"), tostring(err)) -- GFL_EMFILE
+    if queued then queued:close() end
+    srv:close()
+    srv:wait_closed()
+end
+
 function T.write_after_close_is_a_value()
     local srv = echo_server()
     local c = assert(gfl.open_connection("127.0.0.1", srv:port()))

@@ -642,6 +642,502 @@ class TestSockMethods(LoopTestCase):
         loop.run_until_complete(main())
 
 
+CTX = contextvars.ContextVar("CTX", default="unset")
+
+
+class Recorder:
+    """A protocol mixin: records CTX in every callback it gets."""
+
+    def __init__(self, log, done=None):
+        self.log, self.done = log, done
+
+    def rec(self, name):
+        self.log.append((name, CTX.get()))
+
+    def connection_made(self, tr):
+        self.rec("connection_made")
+        self.tr = tr
+
+    def data_received(self, data):
+        self.rec("data_received")
+
+    def eof_received(self):
+        self.rec("eof_received")
+
+    def get_buffer(self, hint):
+        self.rec("get_buffer")
+        return bytearray(1024)
+
+    def buffer_updated(self, n):
+        self.rec("buffer_updated")
+
+    def connection_lost(self, exc):
+        self.rec("connection_lost")
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def datagram_received(self, data, addr):
+        self.rec("datagram_received")
+
+    def error_received(self, exc):
+        self.rec("error_received")
+
+    def pipe_data_received(self, fd, data):
+        self.rec("pipe_data_received")
+
+    def pipe_connection_lost(self, fd, exc):
+        self.rec("pipe_connection_lost")
+
+    def process_exited(self):
+        self.rec("process_exited")
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+class RecProtocol(Recorder, asyncio.Protocol):
+    pass
+
+
+class RecBuffered(Recorder, asyncio.BufferedProtocol):
+    pass
+
+
+class RecDatagram(Recorder, asyncio.DatagramProtocol):
+    pass
+
+
+class RecSubprocess(Recorder, asyncio.SubprocessProtocol):
+    pass
+
+
+class TestContextVars(LoopTestCase):
+    """Every protocol callback, and a server's protocol factory, runs in
+    the context in which the connection, server or endpoint was created,
+    as on the stock loop; CTX is set to something else meanwhile."""
+
+    def check(self, log, value, names):
+        self.assertTrue(log)
+        got = {name for name, _ in log}
+        self.assertTrue(set(names) <= got, (names, log))
+        for name, seen in log:
+            self.assertEqual(seen, value, (name, log))
+
+    def test_tcp_server_and_client(self):
+        server_log, client_log, factory_log = [], [], []
+
+        async def main():
+            loop = self.loop
+            CTX.set("server")
+            lost = loop.create_future()
+
+            def factory():
+                factory_log.append(CTX.get())
+                CTX.set("per-connection")  # stays in this connection's context
+                return RecProtocol(server_log, lost)
+            srv = await loop.create_server(factory, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            CTX.set("client")
+            client_lost = loop.create_future()
+            for _ in range(2):  # the second connection starts from the server's value again
+                tr, _ = await loop.create_connection(lambda: RecProtocol(client_log, client_lost), "127.0.0.1", port)
+                CTX.set("elsewhere")
+                tr.write(b"hello")
+                await asyncio.sleep(0.05)
+                tr.close()
+                await asyncio.sleep(0.05)
+                CTX.set("client")
+            await lost
+            srv.close()
+            await srv.wait_closed()
+        self.loop.run_until_complete(main())
+        self.assertEqual(factory_log, ["server", "server"])
+        self.check(server_log, "per-connection", ["connection_made", "data_received", "eof_received",
+                                                  "connection_lost"])
+        self.check(client_log, "client", ["connection_made", "connection_lost"])
+
+    def test_client_on_a_socket_and_buffered_protocol(self):
+        log = []
+
+        async def main():
+            loop = self.loop
+            srv = await loop.create_server(lambda: RecProtocol([]), "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+
+            async def send_and_close(reader, writer):
+                writer.write(b"data for the buffered protocol")
+                await writer.drain()
+                writer.close()
+            srv2 = await asyncio.start_server(send_and_close, "127.0.0.1", 0)
+            port2 = srv2.sockets[0].getsockname()[1]
+            CTX.set("buffered client")
+            sock = socket.create_connection(("127.0.0.1", port2))
+            sock.setblocking(False)
+            done = loop.create_future()
+            tr, _ = await loop.create_connection(lambda: RecBuffered(log, done), sock=sock)
+            CTX.set("elsewhere")
+            await done
+            srv.close()
+            srv2.close()
+            await srv.wait_closed()
+            await srv2.wait_closed()
+        self.loop.run_until_complete(main())
+        self.check(log, "buffered client", ["connection_made", "get_buffer", "buffer_updated",
+                                            "eof_received", "connection_lost"])
+
+    def test_unix_server(self):
+        import os
+        import tempfile
+        log, factory_log = [], []
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+
+        async def main():
+            loop = self.loop
+            path = os.path.join(tmp.name, "sock")
+            CTX.set("unix server")
+            lost = loop.create_future()
+
+            def factory():
+                factory_log.append(CTX.get())
+                return RecProtocol(log, lost)
+            srv = await loop.create_unix_server(factory, path)
+            CTX.set("elsewhere")
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(b"x")
+            w.write_eof()
+            await lost
+            w.close()
+            srv.close()
+            await srv.wait_closed()
+        self.loop.run_until_complete(main())
+        self.assertEqual(factory_log, ["unix server"])
+        self.check(log, "unix server", ["connection_made", "data_received", "eof_received", "connection_lost"])
+
+    def test_pipes(self):
+        import os
+        read_log, write_log = [], []
+
+        async def main():
+            loop = self.loop
+            rfd, wfd = os.pipe()
+            CTX.set("pipes")
+            rdone, wdone = loop.create_future(), loop.create_future()
+            rt, _ = await loop.connect_read_pipe(lambda: RecProtocol(read_log, rdone), open(rfd, "rb", 0))
+            wt, _ = await loop.connect_write_pipe(lambda: RecProtocol(write_log, wdone), open(wfd, "wb", 0))
+            CTX.set("elsewhere")
+            wt.write(b"through")
+            wt.close()
+            await rdone
+            await wdone
+        self.loop.run_until_complete(main())
+        self.check(read_log, "pipes", ["connection_made", "data_received", "eof_received", "connection_lost"])
+        self.check(write_log, "pipes", ["connection_made", "connection_lost"])
+
+    def test_datagrams(self):
+        log = []
+
+        async def main():
+            loop = self.loop
+            CTX.set("udp")
+            done = loop.create_future()
+            tr, _ = await loop.create_datagram_endpoint(lambda: RecDatagram(log, done),
+                                                        local_addr=("127.0.0.1", 0))
+            addr = tr.get_extra_info("sockname")
+            # a connected endpoint to a closed port: error_received
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+            probe.close()
+            tr2, _ = await loop.create_datagram_endpoint(lambda: RecDatagram(log), remote_addr=("127.0.0.1", closed_port))
+            CTX.set("elsewhere")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"ping", addr)
+            tr2.sendto(b"nobody")
+            await asyncio.sleep(0.1)
+            tr2.sendto(b"nobody")
+            await asyncio.sleep(0.1)
+            tr.close()
+            tr2.close()
+            await done
+        self.loop.run_until_complete(main())
+        self.check(log, "udp", ["connection_made", "datagram_received", "error_received", "connection_lost"])
+
+    def test_subprocess(self):
+        log = []
+
+        async def main():
+            loop = self.loop
+            CTX.set("subprocess")
+            done = loop.create_future()
+            tr, _ = await loop.subprocess_exec(lambda: RecSubprocess(log, done), "sh", "-c", "echo out")
+            CTX.set("elsewhere")
+            await done
+            await asyncio.sleep(0.05)
+            tr.close()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(main())
+        finally:
+            asyncio.set_event_loop(None)
+        self.check(log, "subprocess", ["connection_made", "pipe_data_received", "process_exited"])
+
+
+class TestSendfile(LoopTestCase):
+    """loop.sendfile / sock_sendfile: os.sendfile into our transports'
+    sockets, with asyncio's fallback rules."""
+
+    def serve(self, received, done):
+        class Sink(asyncio.Protocol):
+            def data_received(self, data):
+                received.extend(data)
+
+            def eof_received(self):
+                done.set_result(None)
+        return self.loop.create_server(Sink, "127.0.0.1", 0)
+
+    def payload_file(self, size=200 * 1024):
+        import os
+        import tempfile
+        f = tempfile.TemporaryFile()
+        data = os.urandom(size)
+        f.write(data)
+        f.seek(0)
+        return f, data
+
+    def test_transport_sendfile_is_zero_copy(self):
+        import os
+        calls = []
+        real = os.sendfile
+
+        def spy(*args):
+            calls.append(args)
+            return real(*args)
+
+        async def main():
+            received, done = bytearray(), self.loop.create_future()
+            srv = await self.serve(received, done)
+            port = srv.sockets[0].getsockname()[1]
+            tr, _ = await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            f, data = self.payload_file()
+            with f:
+                tr.write(b"head:")  # sent before the file
+                os.sendfile = spy
+                try:
+                    n = await self.loop.sendfile(tr, f)
+                    m = await self.loop.sendfile(tr, f, offset=10, count=1000)
+                finally:
+                    os.sendfile = real
+                self.assertTrue(tr.is_reading(), "reading resumes after sendfile")
+                self.assertEqual(f.tell(), 10 + 1000)
+                tr.write(b":tail")
+                tr.write_eof()
+                await done
+            tr.close()
+            srv.close()
+            await srv.wait_closed()
+            return n, m, bytes(received), data
+        n, m, received, data = self.loop.run_until_complete(main())
+        self.assertEqual((n, m), (len(data), 1000))
+        self.assertTrue(received == b"head:" + data + data[10:1010] + b":tail")
+        self.assertTrue(calls, "os.sendfile was used")
+
+    def test_fallback_rules(self):
+        async def main():
+            received, done = bytearray(), self.loop.create_future()
+            srv = await self.serve(received, done)
+            port = srv.sockets[0].getsockname()[1]
+            tr, _ = await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            import io
+            import tempfile
+            with tempfile.TemporaryFile("w+") as text:
+                with self.assertRaisesRegex(ValueError, "binary mode"):  # asyncio's checks
+                    await self.loop.sendfile(tr, text)
+            mem = io.BytesIO(b"no file descriptor" * 100)
+            with self.assertRaises(asyncio.SendfileNotAvailableError):
+                await self.loop.sendfile(tr, mem, fallback=False)
+            mem.seek(0)
+            n = await self.loop.sendfile(tr, mem)  # the fallback reads and writes
+            tr.write_eof()
+            await done
+            tr.close()
+            srv.close()
+            await srv.wait_closed()
+            return n, bytes(received)
+        n, received = self.loop.run_until_complete(main())
+        self.assertEqual(n, 1800)
+        self.assertEqual(received, b"no file descriptor" * 100)
+
+    def test_server_side_and_sock_sendfile(self):
+        # The accepted connection's transport (the core made it) sends the
+        # file; sock_sendfile on a plain non-blocking socket too.
+        async def main():
+            f, data = self.payload_file()
+            sent = self.loop.create_future()
+
+            class Sender(asyncio.Protocol):
+                def connection_made(self, tr):
+                    async def send():
+                        try:
+                            n = await tr._loop.sendfile(tr, f)
+                            tr.close()
+                            sent.set_result(n)
+                        except BaseException as exc:
+                            sent.set_exception(exc)
+                    tr._loop.create_task(send())
+            srv = await self.loop.create_server(Sender, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            got = await r.read()
+            w.close()
+            n = await sent
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            f.seek(0)
+            m = await self.loop.sock_sendfile(a, f, 0, 5000)
+            a.close()
+            back = b.recv(10000)
+            b.close()
+            f.close()
+            srv.close()
+            await srv.wait_closed()
+            return n, got, m, back, data
+        n, got, m, back, data = self.loop.run_until_complete(main())
+        self.assertEqual(n, len(data))
+        self.assertTrue(got == data)
+        self.assertEqual(m, 5000)
+        self.assertTrue(back == data[:5000])
+
+
+class TestAddressErrors(LoopTestCase):
+    """The stock loop's exception types; ports above 65535 are refused (the
+    core checks them: glibc alone would wrap 73616 to 8080)."""
+
+    def test_getaddrinfo_none_none_is_a_gaierror(self):
+        with self.assertRaises(socket.gaierror):
+            self.loop.run_until_complete(self.loop.getaddrinfo(None, None))
+
+    def test_sock_connect_port_out_of_range(self):
+        async def main():
+            with socket.socket() as s:
+                s.setblocking(False)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.sock_connect(s, ("127.0.0.1", 70000))
+                with self.assertRaises(OverflowError):
+                    await self.loop.sock_connect(s, ("127.0.0.1", -1))
+        self.loop.run_until_complete(main())
+
+    def test_connect_and_serve_refuse_wrapped_ports(self):
+        async def main():
+            srv = await self.loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            try:
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", port + 65536)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.create_connection(asyncio.Protocol, "127.0.0.1", str(port + 65536))
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await asyncio.open_connection("127.0.0.1", port + 65536)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.create_server(asyncio.Protocol, "127.0.0.1", 99999)
+                with self.assertRaisesRegex(OverflowError, "port must be 0-65535"):
+                    await self.loop.getaddrinfo("127.0.0.1", 70000)
+            finally:
+                srv.close()
+                await srv.wait_closed()
+        self.loop.run_until_complete(main())
+
+
+class TestAcceptErrors(unittest.TestCase):
+    """accept() failing with EMFILE reaches loop.set_exception_handler (as on
+    the stock loop, not the core's stderr printer), and the loop's backend
+    fd recovers afterwards: a 0.5 s sleep then costs a wakeup or two, not
+    500 polls in 1 ms slices."""
+
+    PROGRAM = """
+import asyncio, os, resource, socket, globeflower
+def switches():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+async def main():
+    loop = asyncio.get_running_loop()
+    seen = []
+    loop.set_exception_handler(lambda l, ctx: seen.append(ctx))
+    srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    client = socket.create_connection(srv.sockets[0].getsockname())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))
+    hog = []
+    try:
+        while True:
+            hog.append(os.dup(0))
+    except OSError:
+        pass
+    await asyncio.sleep(0.3)  # accept fails; the first timed wait too
+    for fd in hog:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await asyncio.sleep(0.05)
+    before = switches()
+    await asyncio.sleep(0.5)
+    after = switches()
+    client.close()
+    srv.close()
+    await srv.wait_closed()
+    exc = seen[0].get("exception") if seen else None
+    print(len(seen), seen[0]["message"] if seen else "", type(exc).__name__, getattr(exc, "errno", None), after - before)
+globeflower.run(main())
+"""
+
+    def test_emfile_reaches_the_handler_and_the_loop_recovers(self):
+        import errno
+        import subprocess
+        import sys
+        out = subprocess.run([sys.executable, "-c", self.PROGRAM], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("Too many open files", out.stderr, "nothing on the core's stderr printer")
+        n, rest = out.stdout.split(" ", 1)
+        message, rest = rest.rsplit(" ", 3)[0], rest.rsplit(" ", 3)[1:]
+        self.assertGreaterEqual(int(n), 1)
+        self.assertEqual(message, "socket.accept() out of system resource")
+        self.assertEqual(rest[0], "OSError")
+        self.assertEqual(int(rest[1]), errno.EMFILE)
+        self.assertLess(int(rest[2]), 50, "the loop still polls in 1 ms slices")
+
+
+class TestDebugMode(LoopTestCase):
+    def test_one_slow_callback_report_in_asyncio_words(self):
+        import io
+        import logging
+        import re
+        import subprocess
+        import sys
+        # The core's own report goes to stderr: run a child and read both.
+        program = (
+            "import asyncio, time, globeflower\n"
+            "async def main():\n"
+            "    loop = asyncio.get_running_loop()\n"
+            "    loop.slow_callback_duration = 0.05\n"
+            "    loop.call_soon(time.sleep, 0.1)\n"
+            "    await asyncio.sleep(0.2)\n"
+            "    class P(asyncio.Protocol):\n"
+            "        def data_received(self, d): time.sleep(0.1)\n"
+            "    srv = await loop.create_server(P, '127.0.0.1', 0)\n"
+            "    r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())\n"
+            "    w.write(b'x'); await w.drain(); await asyncio.sleep(0.3)\n"
+            "    w.close(); srv.close(); await srv.wait_closed()\n"
+            "globeflower.run(main(), debug=True)\n")
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = [l for l in out.stderr.splitlines() if "took" in l]
+        self.assertEqual(len(lines), 2, out.stderr)
+        self.assertRegex(lines[0], r"^Executing <Handle sleep\(0\.1\) created at .*> took 0\.1\d\d seconds$")
+        self.assertRegex(lines[1], r"^Executing <I/O callback of <Loop .*>> took 0\.1\d\d seconds$")
+        self.assertNotRegex(out.stderr, r"0x[0-9a-f]{6,}", "no raw pointers")
+
+
 class TestSignals(unittest.TestCase):
     def test_interrupt_ends_a_blocking_poll(self):
         # The core polls without the GIL: a signal must still end the poll.
@@ -684,6 +1180,48 @@ class TestPipes(LoopTestCase):
             wt.close()
             return await reader.read()
         self.assertEqual(self.loop.run_until_complete(main()), b"through the pipe")
+
+    def test_pipes_work_in_one_direction(self):
+        # As asyncio's pipe transports: a read pipe has no write side
+        # (AttributeError), a write pipe refuses the read side
+        # (NotImplementedError), and neither supports sendfile.
+        import os
+        import tempfile
+
+        async def main():
+            rfd, wfd = os.pipe()
+            rpipe, wpipe = open(rfd, "rb", 0), open(wfd, "wb", 0)
+            rt, _ = await self.loop.connect_read_pipe(asyncio.Protocol, rpipe)
+            wt, _ = await self.loop.connect_write_pipe(asyncio.Protocol, wpipe)
+            for name in ("write", "writelines", "write_eof", "can_write_eof", "get_write_buffer_size",
+                         "get_write_buffer_limits", "set_write_buffer_limits"):
+                self.assertFalse(hasattr(rt, name), name)
+                with self.assertRaises(AttributeError):
+                    getattr(rt, name)
+                self.assertNotIn(name, dir(rt))
+            self.assertTrue(rt.is_reading())
+            rt.pause_reading()
+            self.assertFalse(rt.is_reading())
+            rt.resume_reading()
+            for name in ("pause_reading", "resume_reading", "is_reading"):
+                with self.assertRaises(NotImplementedError):
+                    getattr(wt, name)()
+            self.assertIsInstance(rt, asyncio.ReadTransport)
+            self.assertIsInstance(wt, asyncio.WriteTransport)
+            wt.set_write_buffer_limits(10, 5)
+            self.assertEqual(wt.get_write_buffer_limits(), (5, 10))
+            self.assertTrue(wt.can_write_eof())
+            with tempfile.TemporaryFile() as f:
+                f.write(b"data")
+                f.seek(0)
+                with self.assertRaisesRegex(RuntimeError, "not supported"):
+                    await self.loop.sendfile(wt, f)
+                with self.assertRaisesRegex(RuntimeError, "not supported"):
+                    await self.loop.sendfile(rt, f)
+            rt.close()
+            wt.close()
+            await asyncio.sleep(0)
+        self.loop.run_until_complete(main())
 
     def test_subprocess(self):
         async def main():
@@ -798,10 +1336,13 @@ class TestPipes(LoopTestCase):
 
 
 class TestHeap(unittest.TestCase):
-    # Bursts of 100 KiB objects (stream buffers of many connections) must
-    # not fault their pages in again each time: see bindings/python/src/heap.c.
+    # Heap tuning changes the allocator of the whole process: an explicit
+    # opt-in (globeflower.tune_heap() or GLOBEFLOWER_HEAP_TUNING=1), never a
+    # side effect of making a loop. With it, bursts of 100 KiB objects
+    # (stream buffers of many connections) keep their pages (heap.c).
     PROGRAM = (
-        "import resource, globeflower\n"
+        "import resource, sys, globeflower\n"
+        "tuned_by_call = globeflower.tune_heap() if sys.argv[1] == 'call' else None\n"
         "globeflower.new_event_loop().close()\n"
         "def burst():\n"
         "    chunks = [b'x' * 102400 for _ in range(100)]\n"
@@ -809,24 +1350,45 @@ class TestHeap(unittest.TestCase):
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "for _ in range(5):\n"
         "    burst()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, globeflower.heap_tuned(), tuned_by_call)\n")
 
-    def faults(self, **env):
+    def run_program(self, how="loop", **env):
         import os
         import subprocess
         import sys
         environ = dict(os.environ, **env)
-        for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"):
-            environ.pop(name, None)
-        out = subprocess.run([sys.executable, "-c", self.PROGRAM], env=environ, check=True,
-                             stdout=subprocess.PIPE, text=True).stdout
-        return int(out)
+        for name in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+                     "GLOBEFLOWER_HEAP_TUNING"):
+            if name not in env:
+                environ.pop(name, None)
+        out = subprocess.run([sys.executable, "-c", self.PROGRAM, how], env=environ, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout.split()
+        return int(out[0]), out[1], out[2]
 
     @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
-    def test_bursts_of_big_buffers_keep_their_pages(self):
-        # 5 bursts of 10 MiB: ~12,500 faults if the heap is trimmed after each.
-        self.assertLess(self.faults(), 500)
-        self.assertGreater(self.faults(GLOBEFLOWER_HEAP_TUNING="0"), 5000)
+    def test_off_by_default(self):
+        # 5 bursts of 10 MiB: ~12,500 faults when the heap is trimmed after each.
+        faults, tuned, _ = self.run_program()
+        self.assertEqual(tuned, "False")
+        self.assertGreater(faults, 5000)
+
+    @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
+    def test_environment_opt_in(self):
+        faults, tuned, _ = self.run_program(GLOBEFLOWER_HEAP_TUNING="1")
+        self.assertEqual(tuned, "True")
+        self.assertLess(faults, 500)
+        faults, tuned, _ = self.run_program(GLOBEFLOWER_HEAP_TUNING="0")
+        self.assertEqual(tuned, "False")
+
+    @unittest.skipUnless(__import__("platform").libc_ver()[0] == "glibc", "glibc's malloc only")
+    def test_explicit_call(self):
+        faults, tuned, by_call = self.run_program("call")
+        self.assertEqual((tuned, by_call), ("True", "True"))
+        self.assertLess(faults, 500)
+        # The program's own malloc settings win over both.
+        _, tuned, by_call = self.run_program("call", GLOBEFLOWER_HEAP_TUNING="1",
+                                             GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")
+        self.assertEqual((tuned, by_call), ("False", "False"))
 
 
 class TestEntryPoints(unittest.TestCase):

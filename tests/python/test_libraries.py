@@ -100,6 +100,116 @@ class TestAiohttp(TLSMixin, unittest.TestCase):
         self.assertEqual(texts, [f"hello {i}" for i in range(20)])
 
 
+class TestTLSContextVars(TLSMixin, unittest.TestCase):
+    """TLS connections (asyncio's sslproto over our transports): the
+    application protocol's callbacks and the server's protocol factory run
+    in the creator's contextvars context, as for plain connections."""
+
+    def test_callbacks_run_in_the_creators_context(self):
+        import contextvars
+        var = contextvars.ContextVar("var", default="unset")
+        server_log, client_log, factory_log = [], [], []
+
+        class Rec(asyncio.Protocol):
+            def __init__(self, log, done):
+                self.log, self.done = log, done
+
+            def connection_made(self, tr):
+                self.log.append(("connection_made", var.get()))
+
+            def data_received(self, data):
+                self.log.append(("data_received", var.get()))
+
+            def eof_received(self):
+                self.log.append(("eof_received", var.get()))
+
+            def connection_lost(self, exc):
+                self.log.append(("connection_lost", var.get()))
+                if not self.done.done():
+                    self.done.set_result(None)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            var.set("server")
+            server_done = loop.create_future()
+
+            def factory():
+                factory_log.append(var.get())
+                return Rec(server_log, server_done)
+            srv = await loop.create_server(factory, "127.0.0.1", 0, ssl=self.server_ctx)
+            port = srv.sockets[0].getsockname()[1]
+            var.set("client")
+            client_done = loop.create_future()
+            tr, _ = await loop.create_connection(lambda: Rec(client_log, client_done), "127.0.0.1", port,
+                                                 ssl=self.client_ctx, server_hostname="localhost")
+            var.set("elsewhere")
+            tr.write(b"over TLS")
+            await asyncio.sleep(0.1)
+            tr.close()
+            await server_done
+            srv.close()
+            await srv.wait_closed()
+        globeflower.run(main())
+        self.assertEqual(factory_log, ["server"])
+        self.assertIn(("data_received", "server"), server_log)
+        for name, seen in server_log:
+            self.assertEqual(seen, "server", server_log)
+        self.assertIn(("connection_made", "client"), client_log)
+
+
+@unittest.skipIf(aiohttp is None, "aiohttp not installed")
+class TestAiohttpStaticFiles(unittest.TestCase):
+    """aiohttp's static route sends files with loop.sendfile (os.sendfile,
+    zero copy, on our transports): every byte must arrive."""
+
+    async def serve_file(self, tmp, payload, use_sendfile):
+        self.assertIsInstance(asyncio.get_running_loop(), globeflower.Loop)
+        sent = []
+        loop = asyncio.get_running_loop()
+        real = loop.sock_sendfile
+
+        async def spy(sock, file, offset=0, count=None, *, fallback=True):
+            sent.append((offset, count, fallback))
+            return await real(sock, file, offset, count, fallback=fallback)
+
+        loop.sock_sendfile = spy
+        app = web.Application()
+        app.router.add_static("/files", tmp)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                bodies = []
+                for _ in range(3):  # keep-alive: the transport reads again after each file
+                    async with session.get(f"http://127.0.0.1:{port}/files/blob.bin") as r:
+                        self.assertEqual(r.status, 200)
+                        bodies.append(await r.read())
+                headers = {"Range": "bytes=1000-150999"}
+                async with session.get(f"http://127.0.0.1:{port}/files/blob.bin", headers=headers) as r:
+                    self.assertEqual(r.status, 206)
+                    part = await r.read()
+        finally:
+            await runner.cleanup()
+        for body in bodies:
+            self.assertEqual(len(body), len(payload))
+            self.assertTrue(body == payload, "a byte differs")
+        self.assertTrue(part == payload[1000:151000])
+        return sent
+
+    def test_static_route_sends_with_os_sendfile(self):
+        payload = os.urandom(200 * 1024)
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "blob.bin"), "wb") as f:
+                f.write(payload)
+            sent = globeflower.run(self.serve_file(tmp, payload, True))
+        # loop.sendfile went native (fallback=False), once per response
+        self.assertEqual(len(sent), 4)
+        self.assertTrue(all(fallback is False for _, _, fallback in sent))
+
+
 @unittest.skipIf(websockets is None, "websockets not installed")
 class TestWebsockets(TLSMixin, unittest.TestCase):
     async def roundtrip(self, tls):

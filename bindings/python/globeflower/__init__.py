@@ -24,10 +24,12 @@ import sys as __sys
 
 from . import _core
 from ._loop import Loop, EventLoopPolicy, new_event_loop
+from ._core import tune_heap, heap_tuned
 from ._hosts import (RemoteError, ForeignObject, Plugin, plugin, export, unexport, call, exports)
 
 __all__ = ("Loop", "EventLoopPolicy", "new_event_loop", "install", "run",
-           "RemoteError", "ForeignObject", "Plugin", "plugin", "export", "unexport", "call", "exports")
+           "RemoteError", "ForeignObject", "Plugin", "plugin", "export", "unexport", "call", "exports",
+           "tune_heap", "heap_tuned")
 __version__ = "0.1.0"
 
 

@@ -94,6 +94,12 @@ def _run_handle_debug(loop, handle):
         handle = None
 
 
+def _report_slow(loop, seconds):
+    """Debug mode: a core callback that is not an asyncio Handle (a
+    transport's data path, an accept) was slow."""
+    logger.warning("Executing <I/O callback of %r> took %.3f seconds", loop, seconds)
+
+
 def _transport_error(transport, exc, message, fatal):
     """A protocol callback failed: asyncio's _fatal_error (fatal) or the
     report it makes for pause_writing/resume_writing failures."""
@@ -119,6 +125,7 @@ _core._setup({
     "TimerHandle": TimerHandle,
     "handle_error": _handle_error,
     "run_debug": _run_handle_debug,
+    "report_slow": _report_slow,
     "transport_error": _transport_error,
     "BufferedProtocol": asyncio.BufferedProtocol,
     "TransportSocket": trsock.TransportSocket,
@@ -172,6 +179,33 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
             return unix_events.SelectorEventLoop._make_datagram_transport(
                 self, sock, protocol, address, waiter, extra)
         return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        # loop.sendfile on our stream transports: os.sendfile (zero copy)
+        # straight into the socket once everything written before is out,
+        # reading paused meanwhile, as asyncio's selector loop does.
+        # sock_sendfile's own rules decide when the fallback (read + write
+        # through the transport) is used instead.
+        if not isinstance(transp, _core.StreamTransport):
+            return await super()._sendfile_native(transp, file, offset, count)
+        sock = transp._sock
+        if sock is None or transp.is_closing():
+            raise asyncio.exceptions.SendfileNotAvailableError("the transport is closing")
+        fd = transp._sock_fd
+        registered = self._transports.get(fd) is transp
+        if registered:
+            del self._transports[fd]  # lets sock_sendfile watch the fd
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        try:
+            await transp._make_empty_waiter()
+            return await self.sock_sendfile(sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading and not transp.is_closing():
+                transp.resume_reading()
+            if registered:
+                self._transports[fd] = transp
 
     def _stop_serving(self, sock):
         srv = self._gfl_servers.pop(sock.fileno(), None)
@@ -231,6 +265,7 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
             # SSL sockets, stand-ins and blocking sockets: asyncio's
             return await super().sock_connect(sock, address)
         if sock.family == socket.AF_INET or (base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            _check_port(address, "connect")
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
             _, _, _, _, address = resolved[0]
@@ -273,7 +308,11 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
             fut = op = None
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
-        if ((host is not None and not isinstance(host, str)) or not (port is None or isinstance(port, (int, str)))
+        # Every path refuses what the core refuses (asyncio's, for debug
+        # mode and stand-ins, would let glibc wrap the port).
+        _check_service(port)
+        if ((host is None and port is None)  # socket.getaddrinfo's gaierror
+                or (host is not None and not isinstance(host, str)) or not (port is None or isinstance(port, (int, str)))
                 or self._debug or isinstance(port, bool)):
             return await super().getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
         self._check_closed()
@@ -422,6 +461,27 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
 
 _CORE_CONNECT_KW = frozenset((
     "ssl", "family", "proto", "flags", "sock", "local_addr", "happy_eyeballs_delay", "interleave"))
+
+
+def _check_port(address, what):
+    """socket's OverflowError for a port out of range: the core would refuse
+    it too, but as socket.connect words it (glibc alone would wrap it)."""
+    if isinstance(address, tuple) and len(address) >= 2 and type(address[1]) is int \
+            and not 0 <= address[1] <= 65535:
+        raise OverflowError(f"{what}(): port must be 0-65535.")
+
+
+def _check_service(port):
+    """A numeric port above 65535 (int or digits): the core's OverflowError."""
+    if type(port) is int:
+        bad = not 0 <= port <= 65535
+    elif isinstance(port, (str, bytes)):
+        digits = port.decode("ascii", "replace") if isinstance(port, bytes) else port
+        bad = digits.isascii() and digits.isdigit() and int(digits) > 65535
+    else:
+        bad = False
+    if bad:
+        raise OverflowError(f"port must be 0-65535 (got {port!r})")
 
 
 def _idna(host):
@@ -681,3 +741,49 @@ _core.StreamTransport._start_tls_compatible = True
 _core.StreamTransport._sendfile_compatible = asyncio.constants._SendfileMode.TRY_NATIVE
 _core.StreamTransport._make_empty_waiter = _make_empty_waiter
 _core.StreamTransport._reset_empty_waiter = _reset_empty_waiter
+
+
+# --------------------------------------------------------------------------
+# Pipes work in one direction, as asyncio's pipe transports do: a read pipe
+# has no write side at all (AttributeError), a write pipe refuses the read
+# side (ReadTransport's NotImplementedError); neither supports sendfile.
+
+class _Absent:
+    """An attribute a read pipe does not have: getattr raises
+    AttributeError and hasattr() is False, as on asyncio's read pipes."""
+
+    def __set_name__(self, owner, name):
+        self._name = name
+
+    def __get__(self, obj, owner=None):
+        raise AttributeError(f"{(owner or type(obj)).__name__!r} object has no attribute {self._name!r}")
+
+
+class _ReadPipeTransport(_core.StreamTransport):
+    __slots__ = ()
+    _sendfile_compatible = asyncio.constants._SendfileMode.UNSUPPORTED
+    write = writelines = write_eof = can_write_eof = _Absent()
+    get_write_buffer_size = get_write_buffer_limits = set_write_buffer_limits = _Absent()
+    _make_empty_waiter = _reset_empty_waiter = _Absent()
+
+    def __dir__(self):
+        return [n for n in super().__dir__() if not isinstance(_ReadPipeTransport.__dict__.get(n), _Absent)]
+
+
+class _WritePipeTransport(_core.StreamTransport):
+    __slots__ = ()
+    _sendfile_compatible = asyncio.constants._SendfileMode.UNSUPPORTED
+
+    def pause_reading(self):
+        raise NotImplementedError
+
+    def resume_reading(self):
+        raise NotImplementedError
+
+    def is_reading(self):
+        raise NotImplementedError
+
+
+_ReadPipeTransport.__name__ = _ReadPipeTransport.__qualname__ = "ReadPipeTransport"
+_WritePipeTransport.__name__ = _WritePipeTransport.__qualname__ = "WritePipeTransport"
+_core._set_pipe_types(_ReadPipeTransport, _WritePipeTransport)

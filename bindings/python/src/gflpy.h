@@ -27,6 +27,7 @@ typedef struct gflpy_refs {
     PyObject *TimerHandle;      /* globeflower._loop.TimerHandle (asyncio.TimerHandle + _gfl_id) */
     PyObject *handle_error;     /* _loop._handle_error(handle, exc) */
     PyObject *run_debug;        /* _loop._run_handle_debug(loop, handle) */
+    PyObject *report_slow;      /* _loop._report_slow(loop, seconds): a slow core callback */
     PyObject *transport_error;  /* _loop._transport_fatal_error(transport, exc, message) */
     PyObject *BufferedProtocol; /* asyncio.BufferedProtocol */
     PyObject *TransportSocket;  /* asyncio.trsock.TransportSocket */
@@ -204,8 +205,12 @@ int gflpy_watch_remove(gflpy_loop *loop, int fd, int writer);
 /* ------------------------------------------------------------------ */
 /* glibc heap thresholds (heap.c)                                       */
 
-/* Once per process, at the first loop: see heap.c. */
-void gflpy_heap_tune(void);
+/* An explicit opt-in (see heap.c): tune_heap() now, or the first loop
+ * when GLOBEFLOWER_HEAP_TUNING=1. gflpy_heap_tune returns 1 when tuned. */
+int gflpy_heap_tune(void);
+void gflpy_heap_tune_if_asked(void);
+PyObject *gflpy_tune_heap(PyObject *module, PyObject *unused);
+PyObject *gflpy_heap_tuned(PyObject *module, PyObject *unused);
 
 /* ------------------------------------------------------------------ */
 /* The loop's sock_* methods (sock.c)                                  */
@@ -252,11 +257,44 @@ static inline void gflpy_batch_end(gflpy_loop *loop)
 }
 int gflpy_transport_init_type(PyObject *module);
 /* A core server accepted `t`: makes its Python transport for `protocol`
- * (attached to the asyncio `server`) and fills the core factory's outputs. */
+ * (attached to the asyncio `server`) and fills the core factory's outputs.
+ * Its protocol callbacks run in `context` (a contextvars.Context, taken
+ * over by the transport; NULL: a copy of the current one). */
 int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *protocol, PyObject *server,
-                             const gfl_protocol **proto, void **ud);
+                             PyObject *context, const gfl_protocol **proto, void **ud);
+
+/* Protocol callbacks run in the context of whoever created the connection,
+ * server or endpoint, as the stock loop's handles do. gflpy_context_enter
+ * returns what gflpy_context_exit must leave: NULL when `ctx` is NULL or
+ * already the current context (a callback calling back into its own
+ * transport), or when it cannot be entered (entered further down the
+ * stack: the callback then runs in the current context). */
+static inline PyObject *gflpy_context_enter(PyObject *ctx)
+{
+    if (!ctx || PyThreadState_Get()->context == ctx)
+        return NULL;
+    if (PyContext_Enter(ctx) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_INCREF(ctx); /* the callback may drop the object that held it */
+    return ctx;
+}
+
+static inline void gflpy_context_exit(PyObject *entered)
+{
+    if (!entered)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyContext_Exit(entered) < 0)
+        PyErr_WriteUnraisable(entered);
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(entered);
+}
 int gflpy_server_init_type(PyObject *module);
 /* Creates the type as a subclass of `base` (asyncio.Transport). */
+int gflpy_transport_set_pipe_types(PyObject *read_type, PyObject *write_type);
 int gflpy_transport_make_type(PyObject *base);
 /* loop._make_socket_transport(sock, protocol, waiter=None, extra=None, server=None) */
 PyObject *gflpy_make_socket_transport(gflpy_loop *loop, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);

@@ -14,10 +14,14 @@
  * glibc raises the thresholds by itself (up to 32 MiB mmap / 64 MiB trim)
  * once the program frees an mmap()ed chunk, taking that as the sign of big
  * temporary buffers; the core's read buffer is never freed, so the sign
- * never comes. The first loop sets fixed values within that range instead,
- * unless the program chose its own through the environment (or opts out
- * with GLOBEFLOWER_HEAP_TUNING=0). It is process-wide, like glibc's own
- * adjustment: at most TRIM_THRESHOLD of free heap stays mapped.
+ * never comes. Fixed values within that range avoid the faults.
+ *
+ * They change the allocator of the whole process, so a library must not
+ * set them behind the program's back: it is an explicit opt-in, off by
+ * default. globeflower.tune_heap() sets them now; GLOBEFLOWER_HEAP_TUNING=1
+ * in the environment makes the first loop set them. Either way they are
+ * left alone when the environment already chose glibc malloc settings
+ * (GLIBC_TUNABLES=glibc.malloc.*, MALLOC_*_).
  */
 #include "gflpy.h"
 
@@ -33,7 +37,8 @@
 /* Free heap kept mapped: the burst of a few hundred 100 KiB messages. */
 #define TRIM_THRESHOLD (32 * 1024 * 1024)
 
-static int user_chose(void)
+/* The environment already chose glibc malloc settings: they win. */
+static int environment_chose(void)
 {
     static const char *const vars[] = {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
                                        "MALLOC_MMAP_MAX_"};
@@ -41,22 +46,50 @@ static int user_chose(void)
         if (getenv(vars[i]))
             return 1;
     const char *tunables = getenv("GLIBC_TUNABLES");
-    if (tunables && strstr(tunables, "glibc.malloc."))
-        return 1;
-    const char *opt = getenv("GLOBEFLOWER_HEAP_TUNING");
-    return opt && strcmp(opt, "0") == 0;
+    return tunables && strstr(tunables, "glibc.malloc.") != NULL;
 }
 
-void gflpy_heap_tune(void)
+static int tuned;
+
+int gflpy_heap_tune(void)
 {
 #ifdef __GLIBC__
-    static int done;
-    if (done)
-        return;
-    done = 1;
-    if (user_chose())
-        return;
-    (void)mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-    (void)mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    if (tuned)
+        return 1;
+    if (environment_chose())
+        return 0;
+    if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 || mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1)
+        return 0;
+    tuned = 1;
+    return 1;
+#else
+    return 0;
 #endif
+}
+
+void gflpy_heap_tune_if_asked(void)
+{
+    static int checked;
+    if (checked)
+        return;
+    checked = 1;
+    const char *opt = getenv("GLOBEFLOWER_HEAP_TUNING");
+    if (opt && strcmp(opt, "1") == 0)
+        (void)gflpy_heap_tune();
+}
+
+/* globeflower.tune_heap(): True when the thresholds are in effect. */
+PyObject *gflpy_tune_heap(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(gflpy_heap_tune());
+}
+
+/* globeflower.heap_tuned(): whether this process tuned the heap. */
+PyObject *gflpy_heap_tuned(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(tuned);
 }

@@ -532,6 +532,63 @@ static int register_teardown(PyObject *module)
 /* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 
+/* What the core reports on our loop (an accept failing with EMFILE, a core
+ * future's error nobody retrieved, ...) goes to asyncio's
+ * call_exception_handler, so loop.set_exception_handler sees it as on the
+ * stock loop, instead of the core's stderr printer. Any thread may report
+ * (a future freed elsewhere): the GIL is taken as for any core callback. */
+static void core_exception(gfl_loop *core, const char *message, gfl_value *error, void *ud)
+{
+    (void)core;
+    gflpy_loop *self = ud;
+    gflpy_entry e;
+    if (gflpy_gil_enter(&e) < 0)
+        return; /* the interpreter is gone */
+    if (Py_REFCNT(self) <= 0 || self->freeing_core) {
+        /* Freed or closing with it: nobody to call; say it on stderr. */
+        PySys_WriteStderr("globeflower: %s%s%s\n", message ? message : "error in the core",
+                          error ? ": " : "", error && API->value_error_message(error) ? API->value_error_message(error) : "");
+        gflpy_leave(&e);
+        return;
+    }
+    Py_INCREF(self); /* no running loop needed: the handler only reports */
+    PyObject *exc = error ? gflpy_exception_from_value(error) : NULL;
+    if (!exc)
+        PyErr_Clear();
+    PyObject *ctx = Py_BuildValue("{s:s}", "message", message ? message : "Unhandled error in the globeflower core");
+    if (ctx && exc && PyDict_SetItemString(ctx, "exception", exc) < 0)
+        Py_CLEAR(ctx);
+    Py_XDECREF(exc);
+    PyObject *r = ctx ? PyObject_CallMethod((PyObject *)self, "call_exception_handler", "O", ctx) : NULL;
+    Py_XDECREF(ctx);
+    if (r)
+        Py_DECREF(r);
+    else
+        gflpy_loop_report(self, NULL);
+    gflpy_leave(&e);
+    Py_DECREF(self);
+}
+
+static void watch_cb(void *arg);
+
+/* Debug mode: the core timed a callback of our loop. Handles and fd
+ * watchers ran through asyncio's Handle._run timing (_run_handle_debug),
+ * which already reported them; anything else (a transport's data path, an
+ * accept) is reported once, in asyncio's words, never as raw pointers. */
+static void slow_callback(gfl_loop *core, gfl_callback cb, void *arg, double seconds, void *ud)
+{
+    (void)core;
+    (void)arg;
+    gflpy_loop *self = ud;
+    if (cb == gflpy_handle_cb || cb == watch_cb || !gflpy.report_slow)
+        return;
+    PyObject *r = PyObject_CallFunction(gflpy.report_slow, "Od", (PyObject *)self, seconds);
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_WriteUnraisable(gflpy.report_slow);
+}
+
 static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     /* Python subclasses pass their own constructor arguments: only the
@@ -561,7 +618,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self->backend_fd = -1;
     self->sig_r = self->sig_w = -1;
-    gflpy_heap_tune();
+    gflpy_heap_tune_if_asked();
     if (host) {
         self->core = host;
         self->attached = 1;
@@ -571,6 +628,10 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         gfl_loop_options opts = {.size = sizeof opts, .before_poll = before_poll, .after_poll = after_poll,
                                  .poll_hook_ud = self};
         self->core = API->loop_new(&opts);
+        if (self->core) {
+            API->loop_set_slow_callback_handler(self->core, slow_callback, self);
+            API->loop_set_exception_handler(self->core, core_exception, self);
+        }
         /* 2: timed polls too (libevent's timers are precise then). */
         self->hooks = getenv("EVENT_PRECISE_TIMER") ? 2 : 1;
     }
@@ -1100,8 +1161,14 @@ static PyObject *loop_add_callback(gflpy_loop *self, PyObject *h)
  * the GIL, then the caller runs a non-blocking core iteration. */
 static int wait_backend(gflpy_loop *self, double timeout)
 {
-    if (self->backend_fd == -1)
-        self->backend_fd = API->loop_backend_fd(self->core);
+    int transient = 0;
+    if (self->backend_fd == -1) {
+        int fd = API->loop_backend_fd(self->core);
+        /* Out of descriptors or memory for now: ask again next time (the
+         * 1 ms slices below must not outlast an EMFILE burst). */
+        transient = fd == GFL_EMFILE || fd == GFL_ENOMEM;
+        self->backend_fd = fd;
+    }
     /* Round up, as selectors do, so a timer is never polled early. */
     int ms = timeout < 0 ? -1 : (timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1e3));
     struct pollfd p = {.fd = self->backend_fd, .events = POLLIN};
@@ -1109,7 +1176,7 @@ static int wait_backend(gflpy_loop *self, double timeout)
     if (self->backend_fd < 0) {
         /* No backend fd: wait in slices of 1 ms without the GIL, then let
          * the core poll. Correct, not cheap. */
-        self->backend_fd = -2;
+        self->backend_fd = transient ? -1 : -2;
         nfds = 0;
         if (ms < 0 || ms > 1)
             ms = 1;

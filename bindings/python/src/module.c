@@ -108,6 +108,7 @@ static PyObject *mod_setup(PyObject *self, PyObject *ns)
         return PyErr_Format(PyExc_TypeError, "_setup() takes a dict");
     if (need(ns, "Handle", &gflpy.Handle) < 0 || need(ns, "TimerHandle", &gflpy.TimerHandle) < 0 ||
         need(ns, "handle_error", &gflpy.handle_error) < 0 || need(ns, "run_debug", &gflpy.run_debug) < 0 ||
+        need(ns, "report_slow", &gflpy.report_slow) < 0 ||
         need(ns, "transport_error", &gflpy.transport_error) < 0 ||
         need(ns, "BufferedProtocol", &gflpy.BufferedProtocol) < 0 ||
         need(ns, "TransportSocket", &gflpy.TransportSocket) < 0 ||
@@ -130,6 +131,19 @@ static PyObject *mod_setup(PyObject *self, PyObject *ns)
     Py_RETURN_NONE;
 }
 
+static PyObject *mod_set_pipe_types(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *read_type, *write_type;
+    if (!PyArg_ParseTuple(args, "OO:_set_pipe_types", &read_type, &write_type))
+        return NULL;
+    if (!gflpy_StreamTransportType)
+        return PyErr_Format(PyExc_RuntimeError, "globeflower._core not set up");
+    if (gflpy_transport_set_pipe_types(read_type, write_type) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *mod_abi_version(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -139,9 +153,15 @@ static PyObject *mod_abi_version(PyObject *self, PyObject *unused)
 
 static PyMethodDef module_methods[] = {
     {"_setup", mod_setup, METH_O, "Internal: receives the Python-level helpers."},
+    {"_set_pipe_types", mod_set_pipe_types, METH_VARARGS,
+     "Internal: the read-pipe and write-pipe subclasses of StreamTransport."},
     {"op_cancel", gflpy_op_cancel, METH_O, "Internal: abandons a core operation."},
     {"abi_version", mod_abi_version, METH_NOARGS, "The (major, minor) ABI version of the core in use."},
     {"_hosts_setup", gflpy_hosts_setup, METH_O, "Internal: receives the helpers of globeflower/_hosts.py."},
+    {"tune_heap", gflpy_tune_heap, METH_NOARGS,
+     "Opt-in: sets glibc's mmap threshold to 4 MiB and trim threshold to 32 MiB for the whole process "
+     "(unless the environment chose malloc settings). True when they are in effect."},
+    {"heap_tuned", gflpy_heap_tuned, METH_NOARGS, "Whether tune_heap() (or GLOBEFLOWER_HEAP_TUNING=1) tuned the heap."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,6 +19,7 @@ typedef struct {
     gflpy_loop *loop;
     PyObject *protocol_factory;
     PyObject *server; /* asyncio's Server */
+    PyObject *context; /* where the server was started: each connection gets a copy */
     gfl_server *core;
 } core_server;
 
@@ -73,14 +74,28 @@ static int accept_factory(void *fud, gfl_transport *t, const gfl_protocol **prot
 
 static int accept_factory_body(core_server *self, gfl_transport *t, const gfl_protocol **proto, void **ud)
 {
-    PyObject *protocol = PyObject_CallNoArgs(self->protocol_factory);
-    if (!protocol || gflpy_transport_accepted(self->loop, t, protocol, self->server, proto, ud) < 0) {
-        Py_XDECREF(protocol);
+    /* As on the stock loop, each connection runs in its own copy of the
+     * context the server was started in: the protocol factory and every
+     * protocol callback (and what they set stays in that connection). */
+    PyObject *context = self->context ? PyContext_Copy(self->context) : PyContext_CopyCurrent();
+    if (!context) {
         report_accept_error(self);
-        return GFL_EIO; /* the core drops the connection */
+        return GFL_EIO;
     }
-    Py_DECREF(protocol);
-    return 0;
+    PyObject *entered = gflpy_context_enter(context);
+    PyObject *protocol = PyObject_CallNoArgs(self->protocol_factory);
+    int rc = 0;
+    if (!protocol) {
+        Py_DECREF(context);
+        rc = -1;
+    } else if (gflpy_transport_accepted(self->loop, t, protocol, self->server, context, proto, ud) < 0) {
+        rc = -1; /* context: taken over, released */
+    }
+    Py_XDECREF(protocol);
+    if (rc < 0)
+        report_accept_error(self);
+    gflpy_context_exit(entered);
+    return rc < 0 ? GFL_EIO : 0; /* GFL_EIO: the core drops the connection */
 }
 
 static void factory_release(void *fud)
@@ -111,6 +126,10 @@ static PyObject *cs_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->protocol_factory = pf;
     Py_INCREF(server);
     self->server = server;
+    if (!(self->context = PyContext_CopyCurrent())) {
+        Py_DECREF(self);
+        return NULL;
+    }
     int fd = dup(sfd);
     if (fd < 0) {
         Py_DECREF(self);
@@ -146,6 +165,7 @@ static int cs_traverse(core_server *self, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->protocol_factory);
     Py_VISIT(self->server);
+    Py_VISIT(self->context);
     return 0;
 }
 
@@ -153,6 +173,7 @@ static int cs_clear(core_server *self)
 {
     Py_CLEAR(self->protocol_factory);
     Py_CLEAR(self->server);
+    Py_CLEAR(self->context);
     return 0;
 }
 
@@ -206,6 +227,7 @@ typedef struct core_dgram {
     gflpy_loop *loop;
     PyObject *protocol;
     PyObject *owner; /* the Python transport; cleared after connection_lost */
+    PyObject *context; /* where the endpoint was created: the callbacks run in it */
     gfl_transport *t;
 } core_dgram;
 
@@ -314,48 +336,52 @@ static void dg_resume_body(gfl_transport *t, void *ud)
 #define DG_ENTER(ud)                                       \
     gflpy_entry e_;                                        \
     if (gflpy_enter(((core_dgram *)(ud))->loop, &e_) < 0)  \
-        return
+        return;                                            \
+    PyObject *ctx_ = gflpy_context_enter(((core_dgram *)(ud))->context)
+#define DG_LEAVE()              \
+    gflpy_context_exit(ctx_); \
+    gflpy_leave(&e_)
 
 static void dg_made(gfl_transport *t, void *ud)
 {
     DG_ENTER(ud);
     dg_made_body(t, ud);
-    gflpy_leave(&e_);
+    DG_LEAVE();
 }
 
 static void dg_received(gfl_transport *t, const void *data, size_t len, const struct sockaddr *addr, socklen_t alen, void *ud)
 {
     DG_ENTER(ud);
     dg_received_body(t, data, len, addr, alen, ud);
-    gflpy_leave(&e_);
+    DG_LEAVE();
 }
 
 static void dg_error(gfl_transport *t, gfl_value *error, void *ud)
 {
     DG_ENTER(ud);
     dg_error_body(t, error, ud);
-    gflpy_leave(&e_);
+    DG_LEAVE();
 }
 
 static void dg_lost(gfl_transport *t, gfl_value *error, void *ud)
 {
     DG_ENTER(ud);
     dg_lost_body(t, error, ud);
-    gflpy_leave(&e_);
+    DG_LEAVE();
 }
 
 static void dg_pause(gfl_transport *t, void *ud)
 {
     DG_ENTER(ud);
     dg_pause_body(t, ud);
-    gflpy_leave(&e_);
+    DG_LEAVE();
 }
 
 static void dg_resume(gfl_transport *t, void *ud)
 {
     DG_ENTER(ud);
     dg_resume_body(t, ud);
-    gflpy_leave(&e_);
+    DG_LEAVE();
 }
 
 static const gfl_datagram_protocol dg_proto = {
@@ -400,6 +426,10 @@ static PyObject *dg_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->protocol = protocol;
     Py_INCREF(owner);
     self->owner = owner;
+    if (!(self->context = PyContext_CopyCurrent())) {
+        Py_DECREF(self);
+        return NULL;
+    }
     int fd = dup(sfd);
     if (fd < 0) {
         Py_DECREF(self);
@@ -568,6 +598,7 @@ static int dg_traverse(core_dgram *self, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->protocol);
     Py_VISIT(self->owner);
+    Py_VISIT(self->context);
     return 0;
 }
 
@@ -575,6 +606,7 @@ static int dg_clear(core_dgram *self)
 {
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->owner);
+    Py_CLEAR(self->context);
     return 0;
 }
 

@@ -24,6 +24,9 @@
 #include <unistd.h>
 
 PyTypeObject *gflpy_StreamTransportType;
+/* One-way pipe transports (_loop.py subclasses of StreamTransport): a read
+ * pipe has no write side, a write pipe refuses the read side. */
+static PyTypeObject *read_pipe_type, *write_pipe_type;
 
 /* Writes one iteration may batch per transport before sending them. */
 #define PENDING_MAX 16
@@ -41,6 +44,7 @@ typedef struct tr {
     PyObject *waiter;   /* future completed after connection_made */
     PyObject *extra;    /* dict: asyncio's _extra */
     PyObject *lost_exc; /* exception for connection_lost (fatal errors) */
+    PyObject *context;  /* contextvars.Context the protocol callbacks run in */
     PyObject *m_data_received, *m_get_buffer, *m_buffer_updated;
     PyObject *dict, *weakreflist;
     Py_buffer buf;
@@ -490,8 +494,11 @@ static void b_buffer_updated(gfl_transport *t, size_t n, void *ud)
 #define ENTER(ud, fail)                                  \
     gflpy_entry e_;                                      \
     if (gflpy_enter(TR((PyObject *)(ud))->loop, &e_) < 0) \
-        return fail
-#define LEAVE() gflpy_leave(&e_)
+        return fail;                                     \
+    PyObject *ctx_ = gflpy_context_enter(TR((PyObject *)(ud))->context)
+#define LEAVE()                 \
+    gflpy_context_exit(ctx_); \
+    gflpy_leave(&e_)
 
 static void p_connection_made(gfl_transport *t, void *ud)
 {
@@ -593,13 +600,20 @@ static int factory(void *fud, gfl_transport *t, const gfl_protocol **proto, void
 
 /* A transport object not yet bound to a core transport. `sock` (the
  * Python socket) may be NULL: it is then made on demand from the fd. */
-static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject *sock, PyObject *extra, PyObject *waiter)
+/* `context`: taken over (NULL: a copy of the current context, where the
+ * stock loop's transports schedule their callbacks). */
+static PyObject *transport_alloc_as(PyTypeObject *tp, gflpy_loop *loop, PyObject *protocol, PyObject *sock,
+                                    PyObject *extra, PyObject *waiter, PyObject *context)
 {
-    PyTypeObject *tp = gflpy_StreamTransportType;
-    PyObject *self = tp->tp_alloc(tp, 0);
-    if (!self)
+    if (!context && !(context = PyContext_CopyCurrent()))
         return NULL;
+    PyObject *self = tp->tp_alloc(tp, 0);
+    if (!self) {
+        Py_DECREF(context);
+        return NULL;
+    }
     tr *s = TR(self);
+    s->context = context;
     s->sock_fd = -1;
     Py_INCREF(loop);
     s->loop = loop;
@@ -620,6 +634,11 @@ static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject 
 fail:
     Py_DECREF(self);
     return NULL;
+}
+
+static PyObject *transport_alloc(gflpy_loop *loop, PyObject *protocol, PyObject *sock, PyObject *extra, PyObject *waiter)
+{
+    return transport_alloc_as(gflpy_StreamTransportType, loop, protocol, sock, extra, waiter, NULL);
 }
 
 /* The asyncio Server that owns the connection: Server._attach(). */
@@ -708,13 +727,14 @@ static PyObject *captured_address(tr *s, int peer)
 }
 
 int gflpy_transport_accepted(gflpy_loop *loop, gfl_transport *t, PyObject *protocol, PyObject *server,
-                             const gfl_protocol **proto, void **ud)
+                             PyObject *context, const gfl_protocol **proto, void **ud)
 {
     if (!gflpy_StreamTransportType) {
+        Py_XDECREF(context);
         PyErr_SetString(PyExc_RuntimeError, "globeflower._core not set up");
         return -1;
     }
-    PyObject *self = transport_alloc(loop, protocol, NULL, NULL, NULL);
+    PyObject *self = transport_alloc_as(gflpy_StreamTransportType, loop, protocol, NULL, NULL, NULL, context);
     if (!self)
         return -1;
     capture_addresses(TR(self), t);
@@ -770,7 +790,8 @@ static PyObject *make_pipe_transport(gflpy_loop *loop, PyObject *args, PyObject 
         return PyErr_SetFromErrno(PyExc_OSError);
     if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
         return PyErr_Format(PyExc_ValueError, "Pipe transport is only for pipes, sockets and character devices");
-    PyObject *self = transport_alloc(loop, protocol, pipe, extra, waiter);
+    PyTypeObject *tp = write ? write_pipe_type : read_pipe_type;
+    PyObject *self = transport_alloc_as(tp ? tp : gflpy_StreamTransportType, loop, protocol, pipe, extra, waiter, NULL);
     if (!self)
         return NULL;
     tr *s = TR(self);
@@ -1271,6 +1292,15 @@ static int make_sock(tr *s)
         PyErr_Clear();
         return -1;
     }
+    /* Non-blocking as the stock loop's sockets are (sock_sendfile and debug
+     * mode check gettimeout() == 0); the fd already is. */
+    PyObject *r = PyObject_CallMethod(sock, "setblocking", "O", Py_False);
+    if (!r) {
+        PyErr_Clear();
+        Py_DECREF(sock); /* closes the dup() */
+        return -1;
+    }
+    Py_DECREF(r);
     s->sock = sock;
     s->own_sock = 1;
     return 0;
@@ -1470,6 +1500,7 @@ static int t_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->m_get_buffer);
     Py_VISIT(s->m_buffer_updated);
     Py_VISIT(s->dict);
+    Py_VISIT(s->context);
     for (int i = 0; i < s->npending; i++)
         Py_VISIT(s->pending[i]);
     return 0;
@@ -1490,6 +1521,7 @@ static int t_clear(PyObject *self)
     Py_CLEAR(s->m_get_buffer);
     Py_CLEAR(s->m_buffer_updated);
     Py_CLEAR(s->dict);
+    Py_CLEAR(s->context);
     pending_release(s);
     return 0;
 }
@@ -1569,7 +1601,7 @@ int gflpy_transport_make_type(PyObject *base)
     };
     static PyType_Spec spec = {
         "globeflower._core.StreamTransport", 0, 0,
-        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, slots,
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, slots,
     };
     spec.basicsize = (int)(tr_off + (Py_ssize_t)sizeof(tr));
     PyObject *bases = PyTuple_Pack(1, base);
@@ -1581,6 +1613,23 @@ int gflpy_transport_make_type(PyObject *base)
     if (gflpy_StreamTransportType)
         gflpy_StreamTransportType->tp_new = NULL;
     return gflpy_StreamTransportType ? 0 : -1;
+}
+
+/* _setup's ReadPipeTransport / WritePipeTransport (optional). */
+int gflpy_transport_set_pipe_types(PyObject *read_type, PyObject *write_type)
+{
+    PyObject *types[2] = {read_type, write_type};
+    for (int i = 0; i < 2; i++)
+        if (types[i] && (!PyType_Check(types[i]) ||
+                         !PyType_IsSubtype((PyTypeObject *)types[i], gflpy_StreamTransportType))) {
+            PyErr_SetString(PyExc_TypeError, "pipe transport types must subclass StreamTransport");
+            return -1;
+        }
+    Py_XINCREF(read_type);
+    Py_XSETREF(read_pipe_type, (PyTypeObject *)read_type);
+    Py_XINCREF(write_type);
+    Py_XSETREF(write_pipe_type, (PyTypeObject *)write_type);
+    return 0;
 }
 
 int gflpy_transport_init_type(PyObject *module)
@@ -1605,6 +1654,7 @@ typedef struct core_op {
     PyObject *transport; /* made by the factory */
     PyObject *protocol;
     PyObject *error;     /* raised by the protocol factory */
+    PyObject *context;   /* where create_connection was called (connections) */
     int canon;           /* AI_CANONNAME was asked */
     gfl_future *cf;      /* NULL once done */
 } core_op;
@@ -1619,6 +1669,7 @@ static void op_unref(core_op *op)
     Py_XDECREF(op->transport);
     Py_XDECREF(op->protocol);
     Py_XDECREF(op->error);
+    Py_XDECREF(op->context);
     PyMem_Free(op);
 }
 
@@ -1649,8 +1700,14 @@ static int connect_factory(void *fud, gfl_transport *t, const gfl_protocol **pro
 
 static int connect_factory_body(core_op *op, gfl_transport *t, const gfl_protocol **proto, void **ud)
 {
+    /* The factory and the transport's callbacks: in create_connection's
+     * context, as on the stock loop. */
+    PyObject *ctx = gflpy_context_enter(op->context);
     PyObject *protocol = PyObject_CallNoArgs(op->factory);
-    if (!protocol || gflpy_transport_accepted(op->loop, t, protocol, NULL, proto, ud) < 0) {
+    gflpy_context_exit(ctx);
+    if (protocol)
+        Py_XINCREF(op->context); /* for the transport */
+    if (!protocol || gflpy_transport_accepted(op->loop, t, protocol, NULL, op->context, proto, ud) < 0) {
         Py_XDECREF(protocol);
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -1852,6 +1909,10 @@ PyObject *gflpy_loop_connect(gflpy_loop *loop, PyObject *args)
         return NULL;
     Py_INCREF(pf);
     op->factory = pf;
+    if (!(op->context = PyContext_CopyCurrent())) {
+        op_unref(op);
+        return NULL;
+    }
     gfl_connect_options o = {.size = sizeof o, .host = host, .port = port, .family = family, .flags = flags,
                              .local_host = lhost, .local_port = lport,
                              .happy_eyeballs_delay = delay, .interleave = interleave};
