@@ -150,6 +150,10 @@ struct gfl_loop {
     struct gfl_streams *streams; /* transport.c: open transports/servers (NULL: none) */
     /* iopoll.c: our epoll set (stream fds + libevent's epoll fd), -1: none */
     int io_epfd;
+    int io_base_fd; /* libevent's epoll fd, in io_epfd */
+    /* An fd libevent watched was closed behind our back: its epoll set may
+     * keep an entry we cannot delete; renewed before the next poll. */
+    bool base_orphaned;
     struct epoll_event *io_events;
     int io_events_cap;
     struct gfl_io_source **io_sources; /* indexed by fd */
@@ -272,6 +276,16 @@ void gfl__iopoll_poll(gfl_loop *loop, bool block);
 /* Adds our set to another epoll fd (the backend fd), if we have one. */
 int gfl__iopoll_attach(gfl_loop *loop, int epfd);
 void gfl__iopoll_close(gfl_loop *loop);
+/* Closes an fd the loop watched (its events already removed). EBADF means it
+ * was closed behind our back, so a poller may keep an entry for the file (a
+ * duplicate holds it open) that no fd number reaches: flags the loop. */
+void gfl__close_watched_fd(gfl_loop *loop, int fd);
+/* A watched fd no longer names the file that was registered (closed behind
+ * our back): the same flag, for fds the loop does not own. */
+void gfl__note_orphaned_fd(gfl_loop *loop);
+/* Before polling: if flagged, rebuilds libevent's set (event_reinit) and
+ * re-nests it; the orphaned entries go with the old set. */
+void gfl__iopoll_renew(gfl_loop *loop);
 
 /* ---- signals.c ---- */
 void gfl__signals_close(gfl_loop *loop);

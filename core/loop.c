@@ -167,6 +167,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     loop->wake_fd = -1;
     loop->backend_fd = -1;
     loop->io_epfd = -1;
+    loop->io_base_fd = -1;
     loop->debug = debug != 0;
     loop->slow_callback_duration = slow;
     loop->executor_threads = threads;
@@ -318,6 +319,7 @@ int gfl_loop_unref(gfl_loop *loop)
 /* Polls I/O for at most `timeout` seconds (negative: no limit). */
 static void poll_io(gfl_loop *loop, double timeout)
 {
+    gfl__iopoll_renew(loop); /* only after an fd was closed behind us */
     if (timeout == 0) {
         /* NONBLOCK alone keeps dispatching while anything is active: a fd
          * that stays readable until the ready queue reads it would spin. */
