@@ -100,6 +100,10 @@ struct gfl_loop {
     int refs;     /* public references: the loop closes when they reach 0 */
     int memrefs;  /* internal references (futures, tasks): memory lifetime */
     bool closed;
+    /* close_loop is releasing what the loop held: the futures it cancels
+     * (and hosts' release functions) may still settle futures; afterwards
+     * gfl_future_set_result/set_error/cancel say GFL_ECLOSED. */
+    bool tearing_down;
     bool running;
     bool stopping;
 

@@ -230,6 +230,7 @@ static void close_loop(gfl_loop *loop)
     pthread_mutex_lock(&loop->ts_lock);
     loop->closed = true;
     pthread_mutex_unlock(&loop->ts_lock);
+    loop->tearing_down = true; /* until the end: futures may still settle */
     gfl__loop_memref(loop); /* dropping futures below may release memrefs */
 
     gfl__exports_close(loop); /* hosts' release functions, while all else works */
@@ -266,6 +267,7 @@ static void close_loop(gfl_loop *loop)
 
     gfl_value_unref(loop->interrupt_error);
     loop->interrupt_error = NULL;
+    loop->tearing_down = false;
     if (current_loop == loop)
         current_loop = NULL;
     gfl__loop_memunref(loop);
