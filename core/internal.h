@@ -135,6 +135,7 @@ struct gfl_loop {
 
     /* signals (signals.c) */
     struct gfl_signal_watch *signals;
+    struct gfl_signal_wakeup *signal_wakeup; /* signals.c: while any handler */
 
     /* errors and debug */
     gfl_exception_handler exception_handler;
@@ -261,6 +262,23 @@ void gfl__backend_close(gfl_loop *loop); /* backend.c */
  * (fdinfo: it watches the loop's wake eventfd), or a GFL_E* code. `hint`
  * (or -1): the fd to check first, before scanning every fd. */
 int gfl__libevent_epoll_fd(gfl_loop *loop, int hint);
+
+/* ---- sigdispatch.c: the process-wide signal dispatcher ---- */
+struct gfl_signal_port;
+/* A loop's port (an eventfd and delivery counters), in the dispatcher's
+ * list; NULL and *rc = GFL_ENOMEM/GFL_EMFILE on failure. */
+struct gfl_signal_port *gfl__sigport_new(gfl_loop *loop, int *rc);
+int gfl__sigport_fd(const struct gfl_signal_port *p);
+/* Counts deliveries of signum for the port from now on; installs the
+ * process handler if no loop watched signum. GFL_OK or GFL_EINVAL. */
+int gfl__sigport_watch(struct gfl_signal_port *p, int signum);
+/* Stops counting; restores the saved disposition if no loop watches it. */
+void gfl__sigport_unwatch(struct gfl_signal_port *p, int signum);
+/* The deliveries counted since the last take (and resets the count). */
+unsigned gfl__sigport_take(struct gfl_signal_port *p, int signum);
+void gfl__sigport_drain(struct gfl_signal_port *p);
+/* Leaves the list (waiting out a running handler), closes, frees. */
+void gfl__sigport_free(struct gfl_signal_port *p);
 
 /* ---- iopoll.c: direct epoll for stream fds ---- */
 struct gfl_io_source {
