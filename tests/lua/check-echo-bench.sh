@@ -8,6 +8,7 @@
 # failed" (or 1 failed).
 set -u
 : "${abs_top_srcdir:?}" "${abs_top_builddir:?}"
+. "$abs_top_srcdir/tests/host-env.sh"
 py=${PYTHON:-/usr/bin/python3}
 pair=$(echo ${GFL_LUA_TESTS:-} | cut -d' ' -f1)
 if [ -z "$pair" ] || ! [ -x "$py" ]; then
@@ -17,6 +18,7 @@ fi
 dir=${pair%%:*}
 interp=${pair#*:}
 export LUA_CPATH="$abs_top_builddir/bindings/lua/$dir/.libs/?.so;;"
+host_env_note "$interp"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
@@ -24,7 +26,7 @@ styles="gfl-proto gfl-coro"
 # libuv's style too when luv is installed (benchmark code must be correct).
 "$interp" -e 'require "luv"' 2>/dev/null && styles="$styles luv"
 for style in $styles; do
-    "$interp" "$abs_top_srcdir/bench/lua/echo_server.lua" "$style" 0 >"$tmp/out" 2>"$tmp/err" &
+    run_host "$interp" "$abs_top_srcdir/bench/lua/echo_server.lua" "$style" 0 >"$tmp/out" 2>"$tmp/err" &
     pid=$!
     port=
     for _ in $(seq 100); do
