@@ -971,3 +971,57 @@ Test(backend, datagram_fd_closed_behind_the_transport)
     close(dup_fd);
     close(sv[1]);
 }
+
+/* A foreign main loop polls the backend fd: an orphaned entry must not keep
+ * it readable (the host's loop would spin) once the loop renewed its sets,
+ * and readiness still reaches it afterwards. */
+Test(backend, orphans_do_not_keep_the_backend_fd_readable)
+{
+    int bfd = gfl_loop_backend_fd(loop);
+    cr_assert_geq(bfd, 0);
+
+    /* A stream (our own set) and a watcher (libevent's), both closed behind. */
+    int ss[2], ws[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, ss), 0);
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, ws), 0);
+    struct stream_seen s = { 0 };
+    gfl_future *f = gfl_connect_socket(loop, stream_factory, &s, NULL, ss[0]);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 10 && !s.t; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_not_null(s.t);
+    gfl_future_unref(f);
+    struct counter c = { .fd = ws[0], .drain = false };
+    cr_assert_eq(gfl_add_reader(loop, ws[0], count_cb, &c), 0);
+
+    int sdup = dup(ss[0]), wdup = dup(ws[0]);
+    close(ss[0]);
+    close(ws[0]);
+    cr_assert_eq(gfl_transport_abort(s.t), 0);
+    cr_assert_eq(gfl_remove_reader(loop, ws[0]), 1);
+    cr_assert_eq(write(ss[1], "late", 4), 4);
+    cr_assert_eq(write(ws[1], "late", 4), 4);
+    for (int i = 0; i < 10; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(s.len, 0);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_not(fd_readable(bfd, 0), "the backend fd stays readable for an orphan");
+
+    /* Still wired: a new watcher's readiness wakes the foreign loop. */
+    int p[2];
+    make_pipe(p);
+    struct counter r = { .fd = p[0], .drain = true };
+    cr_assert_eq(gfl_add_reader(loop, p[0], count_cb, &r), 0);
+    cr_assert_eq(write(p[1], "x", 1), 1);
+    cr_assert(fd_readable(bfd, 2000), "a ready watcher wakes the foreign loop");
+    for (int i = 0; i < 10 && r.calls == 0; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(gfl_remove_reader(loop, p[0]), 1);
+    close(p[0]);
+    close(p[1]);
+    close(sdup);
+    close(wdup);
+    close(ss[1]);
+    close(ws[1]);
+}
