@@ -202,6 +202,21 @@ GFL_EXPORT int gfl_remove_writer(gfl_loop *loop, int fd);
 /* ------------------------------------------------------------------ */
 /* Signals: delivered as ordinary callbacks on the loop.               */
 
+/* cb(arg) runs on the loop (never in signal context), once per delivery of
+ * signum, also for deliveries that arrived while the loop was not running
+ * (what the kernel merges while the signal is blocked arrives once). Any
+ * loop, in any thread, may watch any signal; several loops may watch the
+ * same one and each gets every delivery. Adding again replaces the callback
+ * (deliveries not yet called go to the new one). GFL_EINVAL for SIGKILL,
+ * SIGSTOP or a bad number; GFL_ENOMEM/GFL_EMFILE.
+ *
+ * Process-wide state, exactly: when the first loop adds a handler for
+ * signum, sigaction(signum) installs the library's handler (SA_RESTART, all
+ * signals blocked while it runs; it only counts and writes to an eventfd of
+ * each watching loop) and saves the disposition it replaced. When the last
+ * loop watching signum removes its handler or is freed, that disposition is
+ * restored, unless the handler was replaced meanwhile by someone else (then
+ * theirs stays). Nothing else (no signal mask) is changed. */
 GFL_EXPORT int gfl_add_signal_handler(gfl_loop *loop, int signum, gfl_callback cb, void *arg);
 GFL_EXPORT int gfl_remove_signal_handler(gfl_loop *loop, int signum); /* 1/0 */
 

@@ -23,9 +23,8 @@
  * The child is reaped by the core (no zombies, no global SIGCHLD handler):
  * through a pidfd watched by the loop (Linux >= 5.3), else by polling
  * waitpid(pid, WNOHANG) on a timer (1 ms doubling to 100 ms). A SIGCHLD
- * handler would need the loop's signal ownership (one loop per process,
- * see gfl_add_signal_handler) and would race with the host's own; polling
- * only costs latency on kernels without pidfds. (The environment variable
+ * handler would change process-wide state behind the host and race with
+ * the host's own; polling only costs latency on kernels without pidfds. (The environment variable
  * GFL_NO_PIDFD=1 forces the polling path, for tests.)
  *
  * Closing: gfl_transport_close (or abort) closes the pipes and, if the

@@ -78,8 +78,10 @@ typedef struct gfl_tls_context_options {
     int insecure_skip_verify;
     int check_hostname;       /* clients: default yes (< 0 turns only the name check off) */
     const char *const *alpn_protocols; /* NULL-terminated, in preference order */
-    int min_version;          /* GFL_TLS_VERSION_*; 0: TLS 1.2 */
-    int max_version;          /* 0: the newest OpenSSL knows */
+    /* GFL_TLS_VERSION_*; 0: TLS 1.2. Anything else (TLS 1.0/1.1 included)
+     * is refused: GFL_EINVAL, with a ValueError saying so. */
+    int min_version;
+    int max_version;          /* GFL_TLS_VERSION_*; 0: the newest OpenSSL knows */
     const char *ciphers;      /* TLS <= 1.2 cipher list, OpenSSL syntax (NULL: OpenSSL's default) */
     const char *ciphersuites; /* TLS 1.3 suites, OpenSSL syntax */
     int session_cache;        /* default yes: clients resume sessions per host, servers issue tickets */

@@ -7,19 +7,30 @@
  * its thread; their reference count is therefore plain.
  *
  * A future's memory comes from its loop's allocation hook and it holds a loop
- * memref, so it outlives gfl_loop_free safely: a closed loop's future still
- * changes state, but nothing can be scheduled on it any more (GFL_ECLOSED).
+ * memref, so it outlives gfl_loop_free safely. While the loop closes, what
+ * it releases may still settle futures (operations are cancelled "the event
+ * loop was closed"); once gfl_loop_free returned, set_result, set_error and
+ * cancel refuse with GFL_ECLOSED, as the header says: nothing could ever
+ * observe the outcome through a callback.
  */
 #include "internal.h"
 
 #include <string.h>
 
-/* Thread check that tolerates a closed loop: state changes on a closed
- * loop's future are allowed, they just schedule nothing. */
+/* Thread check that tolerates a closed loop (dropping a callback from a
+ * closed loop's future is fine). */
 static int check_future_thread(const gfl_future *f)
 {
     int rc = gfl__check_loop(f->loop);
     return rc == GFL_ECLOSED ? GFL_OK : rc;
+}
+
+/* For settling: tolerates a loop being closed (its teardown cancels
+ * futures), not one that is closed. */
+static int check_settle_thread(const gfl_future *f)
+{
+    int rc = gfl__check_loop(f->loop);
+    return rc == GFL_ECLOSED && f->loop->tearing_down ? GFL_OK : rc;
 }
 
 static void report(gfl_loop *loop, const char *message, int code)
@@ -184,7 +195,7 @@ static int check_settable(gfl_future *f, gfl_value *value)
 {
     if (!f || !value)
         return GFL_EINVAL;
-    int rc = check_future_thread(f);
+    int rc = check_settle_thread(f);
     if (rc < 0)
         return rc;
     /* A task's outcome comes from its coroutine only (asyncio raises on
@@ -218,7 +229,7 @@ int gfl_future_cancel(gfl_future *f, const char *message)
 {
     if (!f)
         return GFL_EINVAL;
-    int rc = check_future_thread(f);
+    int rc = check_settle_thread(f);
     if (rc < 0)
         return rc;
     /* Cancelling a task's future cancels the task (asyncio's Task.cancel). */

@@ -100,6 +100,10 @@ struct gfl_loop {
     int refs;     /* public references: the loop closes when they reach 0 */
     int memrefs;  /* internal references (futures, tasks): memory lifetime */
     bool closed;
+    /* close_loop is releasing what the loop held: the futures it cancels
+     * (and hosts' release functions) may still settle futures; afterwards
+     * gfl_future_set_result/set_error/cancel say GFL_ECLOSED. */
+    bool tearing_down;
     bool running;
     bool stopping;
 
@@ -131,6 +135,7 @@ struct gfl_loop {
 
     /* signals (signals.c) */
     struct gfl_signal_watch *signals;
+    struct gfl_signal_wakeup *signal_wakeup; /* signals.c: while any handler */
 
     /* errors and debug */
     gfl_exception_handler exception_handler;
@@ -150,6 +155,10 @@ struct gfl_loop {
     struct gfl_streams *streams; /* transport.c: open transports/servers (NULL: none) */
     /* iopoll.c: our epoll set (stream fds + libevent's epoll fd), -1: none */
     int io_epfd;
+    int io_base_fd; /* libevent's epoll fd, in io_epfd */
+    /* An fd libevent watched was closed behind our back: its epoll set may
+     * keep an entry we cannot delete; renewed before the next poll. */
+    bool base_orphaned;
     struct epoll_event *io_events;
     int io_events_cap;
     struct gfl_io_source **io_sources; /* indexed by fd */
@@ -257,6 +266,23 @@ void gfl__backend_close(gfl_loop *loop); /* backend.c */
  * (or -1): the fd to check first, before scanning every fd. */
 int gfl__libevent_epoll_fd(gfl_loop *loop, int hint);
 
+/* ---- sigdispatch.c: the process-wide signal dispatcher ---- */
+struct gfl_signal_port;
+/* A loop's port (an eventfd and delivery counters), in the dispatcher's
+ * list; NULL and *rc = GFL_ENOMEM/GFL_EMFILE on failure. */
+struct gfl_signal_port *gfl__sigport_new(gfl_loop *loop, int *rc);
+int gfl__sigport_fd(const struct gfl_signal_port *p);
+/* Counts deliveries of signum for the port from now on; installs the
+ * process handler if no loop watched signum. GFL_OK or GFL_EINVAL. */
+int gfl__sigport_watch(struct gfl_signal_port *p, int signum);
+/* Stops counting; restores the saved disposition if no loop watches it. */
+void gfl__sigport_unwatch(struct gfl_signal_port *p, int signum);
+/* The deliveries counted since the last take (and resets the count). */
+unsigned gfl__sigport_take(struct gfl_signal_port *p, int signum);
+void gfl__sigport_drain(struct gfl_signal_port *p);
+/* Leaves the list (waiting out a running handler), closes, frees. */
+void gfl__sigport_free(struct gfl_signal_port *p);
+
 /* ---- iopoll.c: direct epoll for stream fds ---- */
 struct gfl_io_source {
     /* Called inside the poll with EV_READ/EV_WRITE (within `interest`). */
@@ -275,6 +301,16 @@ void gfl__iopoll_poll(gfl_loop *loop, bool block);
 /* Adds our set to another epoll fd (the backend fd), if we have one. */
 int gfl__iopoll_attach(gfl_loop *loop, int epfd);
 void gfl__iopoll_close(gfl_loop *loop);
+/* Closes an fd the loop watched (its events already removed). EBADF means it
+ * was closed behind our back, so a poller may keep an entry for the file (a
+ * duplicate holds it open) that no fd number reaches: flags the loop. */
+void gfl__close_watched_fd(gfl_loop *loop, int fd);
+/* A watched fd no longer names the file that was registered (closed behind
+ * our back): the same flag, for fds the loop does not own. */
+void gfl__note_orphaned_fd(gfl_loop *loop);
+/* Before polling: if flagged, rebuilds libevent's set (event_reinit) and
+ * re-nests it; the orphaned entries go with the old set. */
+void gfl__iopoll_renew(gfl_loop *loop);
 
 /* ---- signals.c ---- */
 void gfl__signals_close(gfl_loop *loop);

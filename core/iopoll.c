@@ -20,6 +20,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -54,6 +55,7 @@ void gfl__iopoll_init(gfl_loop *loop, int hint)
         return;
     }
     loop->io_epfd = ep;
+    loop->io_base_fd = inner;
     loop->io_events = evs;
     loop->io_events_cap = EVENTS_MIN;
 }
@@ -105,8 +107,47 @@ int gfl__iopoll_set(gfl_loop *loop, struct gfl_io_source *src, short want)
     return GFL_OK;
 }
 
+/* An entry the kernel kept after we forgot it: its fd was closed behind
+ * our back while a duplicate keeps the file open, so EPOLL_CTL_DEL (by fd
+ * number) could not reach it, and no fd number we hold ever will. It stays
+ * level-triggered ready and would make every epoll_wait return at once (the
+ * loop spun at 100% CPU). The only way to drop it is to drop the set: build
+ * a new one from what we still watch and swap it in under the same fd number
+ * (dup3), so the backend fd's registration can be renewed in place. Misuse
+ * only: O(watched fds), once per orphaned entry seen. */
+static void rebuild_set(gfl_loop *loop)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        return; /* keep the old set: it spins, but it works */
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = BASE_ENTRY};
+    bool ok = epoll_ctl(ep, EPOLL_CTL_ADD, loop->io_base_fd, &ev) == 0;
+    for (int fd = 0; ok && fd < loop->io_sources_cap; fd++) {
+        struct gfl_io_source *src = loop->io_sources[fd];
+        if (!src || !src->interest)
+            continue;
+        src->tag = ++loop->io_tag;
+        ev.events = ((src->interest & EV_READ) ? EPOLLIN : 0u) | ((src->interest & EV_WRITE) ? EPOLLOUT : 0u);
+        ev.data.u64 = (uint64_t)src->tag << 32 | (uint32_t)fd;
+        /* A source whose own fd is closed behind it is an orphan too: it
+         * stays in io_sources (its owner removes it) but leaves the set. */
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EBADF && errno != EPERM)
+            ok = false;
+    }
+    /* dup3 closes the old set (its entries, the orphan among them, go with
+     * it, and so does its registration in the backend fd: renew that). */
+    if (!ok || dup3(ep, loop->io_epfd, O_CLOEXEC) < 0) {
+        close(ep);
+        return;
+    }
+    close(ep);
+    if (loop->backend_fd >= 0)
+        (void)gfl__iopoll_attach(loop, loop->backend_fd);
+}
+
 void gfl__iopoll_poll(gfl_loop *loop, bool block)
 {
+    bool orphan = false;
     struct epoll_event *evs = loop->io_events;
     int cap = loop->io_events_cap;
     int n = epoll_wait(loop->io_epfd, evs, cap, block ? -1 : 0);
@@ -119,8 +160,12 @@ void gfl__iopoll_poll(gfl_loop *loop, bool block)
         }
         uint32_t fd = (uint32_t)data;
         struct gfl_io_source *src = fd < (uint32_t)loop->io_sources_cap ? loop->io_sources[fd] : NULL;
-        if (!src || src->tag != (uint32_t)(data >> 32))
+        if (!src || src->tag != (uint32_t)(data >> 32)) {
+            /* Sources leave the set before they are forgotten, so a ready
+             * entry that names nothing is one the kernel kept. */
+            orphan = true;
             continue;
+        }
         uint32_t e = evs[i].events;
         /* As libevent maps them: an error or hangup wakes both directions. */
         short what = (short)(((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) ? EV_READ : 0) |
@@ -136,8 +181,54 @@ void gfl__iopoll_poll(gfl_loop *loop, bool block)
             loop->io_events_cap = cap * 2;
         }
     }
+    if (orphan)
+        rebuild_set(loop);
     if (base_ready)
         event_base_loop(loop->base, EVLOOP_NONBLOCK | EVLOOP_ONCE);
+}
+
+void gfl__close_watched_fd(gfl_loop *loop, int fd)
+{
+    if (close(fd) < 0 && errno == EBADF)
+        loop->base_orphaned = true;
+}
+
+void gfl__note_orphaned_fd(gfl_loop *loop)
+{
+    loop->base_orphaned = true;
+}
+
+/* libevent cannot drop an entry it cannot name either (it ignores the
+ * failed EPOLL_CTL_DEL), so its whole backend is rebuilt from its event map:
+ * event_reinit, meant for fork, closes its epoll fd and re-adds every event
+ * it holds. Its new epoll fd then replaces the old one in our set and the
+ * backend fd (the old one left both when it was closed). */
+void gfl__iopoll_renew(gfl_loop *loop)
+{
+    if (!loop->base_orphaned)
+        return;
+    loop->base_orphaned = false;
+    if (event_reinit(loop->base) < 0) {
+        (void)gfl_loop_call_exception_handler(loop,
+            "poller: could not rebuild libevent's backend after an fd was closed behind the loop", NULL);
+        return;
+    }
+    if (loop->io_epfd < 0 && loop->backend_fd < 0)
+        return;
+    int inner = gfl__libevent_epoll_fd(loop, loop->io_base_fd);
+    if (inner < 0) {
+        (void)gfl_loop_call_exception_handler(loop,
+            "poller: libevent's rebuilt epoll fd cannot be found; fd watchers may not wake the loop", NULL);
+        return;
+    }
+    if (loop->backend_fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = inner};
+        (void)epoll_ctl(loop->backend_fd, EPOLL_CTL_ADD, inner, &ev);
+    }
+    if (loop->io_epfd >= 0) {
+        loop->io_base_fd = inner;
+        rebuild_set(loop);
+    }
 }
 
 int gfl__iopoll_attach(gfl_loop *loop, int epfd)

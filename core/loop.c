@@ -167,6 +167,7 @@ gfl_loop *gfl_loop_new(const gfl_loop_options *opts)
     loop->wake_fd = -1;
     loop->backend_fd = -1;
     loop->io_epfd = -1;
+    loop->io_base_fd = -1;
     loop->debug = debug != 0;
     loop->slow_callback_duration = slow;
     loop->executor_threads = threads;
@@ -229,6 +230,7 @@ static void close_loop(gfl_loop *loop)
     pthread_mutex_lock(&loop->ts_lock);
     loop->closed = true;
     pthread_mutex_unlock(&loop->ts_lock);
+    loop->tearing_down = true; /* until the end: futures may still settle */
     gfl__loop_memref(loop); /* dropping futures below may release memrefs */
 
     gfl__exports_close(loop); /* hosts' release functions, while all else works */
@@ -268,6 +270,7 @@ static void close_loop(gfl_loop *loop)
 
     gfl_value_unref(loop->interrupt_error);
     loop->interrupt_error = NULL;
+    loop->tearing_down = false;
     if (current_loop == loop)
         current_loop = NULL;
     gfl__loop_memunref(loop);
@@ -321,6 +324,7 @@ int gfl_loop_unref(gfl_loop *loop)
 /* Polls I/O for at most `timeout` seconds (negative: no limit). */
 static void poll_io(gfl_loop *loop, double timeout)
 {
+    gfl__iopoll_renew(loop); /* only after an fd was closed behind us */
     if (timeout == 0) {
         /* NONBLOCK alone keeps dispatching while anything is active: a fd
          * that stays readable until the ready queue reads it would spin. */

@@ -357,7 +357,7 @@ static void close_listeners(gfl_server *s)
             l->unlink_path = NULL;
         }
         if (l->fd >= 0)
-            close(l->fd);
+            gfl__close_watched_fd(s->loop, l->fd);
         l->fd = -1;
     }
 }

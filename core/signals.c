@@ -1,22 +1,22 @@
 /*
  * Signal handlers delivered as ordinary loop callbacks (asyncio's
- * add_signal_handler).
+ * add_signal_handler), in every loop.
  *
- * libevent catches the signal (its handler only writes to a socketpair) and
- * calls us back from the loop's poll phase, outside signal context; we then
- * queue the user's callback on the ready queue, like fd watchers do. A
- * signal raised again while its callback is still queued is coalesced into
- * that one call (the kernel coalesces pending signals the same way).
+ * The process-wide part (the sigaction, what it replaced and when it is
+ * restored) is sigdispatch.c. Here, per loop: the first handler gives the
+ * loop a port (an eventfd polled with its other fds, plus delivery
+ * counters); the last one removed, or closing the loop, frees it.
  *
- * Several loops: libevent delivers signals to ONE event_base per process
- * (the one that added a signal or ran most recently), and a base that lost
- * that role silently stops seeing its signals. So one loop at a time may own
- * signal handlers: the first loop to add one owns them until it has removed
- * its last handler (or closed); meanwhile another loop gets GFL_EBUSY. This
- * is the one piece of process-wide state here, and it only mirrors
- * libevent's own (signals are process-wide).
+ * When the port's eventfd is readable (the poll phase, not signal context)
+ * we take each watched signal's counter and queue the user's callback:
+ * one call per delivery, none lost while the loop was not running. The
+ * calls for one signal run one per ready-queue turn (a callback that
+ * re-queues itself while deliveries remain), so a signal storm costs a
+ * counter, not a queue entry per delivery.
  */
 #include "internal.h"
+
+#include <limits.h>
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -26,37 +26,20 @@
 #endif
 
 struct gfl_signal_watch {
-    struct event ev; /* embedded, so it is allocated through the hook */
     gfl_loop *loop;
     int signum;
     gfl_callback cb;
     void *arg;
-    gfl_handle queued; /* queued, not yet run; 0: none */
+    unsigned undelivered; /* deliveries taken from the port, not yet called */
+    gfl_handle queued;    /* run_delivery queued, not yet run; 0: none */
     struct gfl_signal_watch *next;
 };
 
-static pthread_mutex_t owner_lock = PTHREAD_MUTEX_INITIALIZER;
-static const gfl_loop *owner; /* the loop whose handlers libevent serves */
-
-static int claim_signals(const gfl_loop *loop)
-{
-    int rc = GFL_OK;
-    pthread_mutex_lock(&owner_lock);
-    if (owner && owner != loop)
-        rc = GFL_EBUSY;
-    else
-        owner = loop;
-    pthread_mutex_unlock(&owner_lock);
-    return rc;
-}
-
-static void release_signals(const gfl_loop *loop)
-{
-    pthread_mutex_lock(&owner_lock);
-    if (owner == loop)
-        owner = NULL;
-    pthread_mutex_unlock(&owner_lock);
-}
+/* The loop's port and the event that polls its eventfd. */
+struct gfl_signal_wakeup {
+    struct event ev; /* embedded, so it is allocated through the hook */
+    struct gfl_signal_port *port;
+};
 
 static void cancel_queued(struct gfl_signal_watch *w)
 {
@@ -65,19 +48,83 @@ static void cancel_queued(struct gfl_signal_watch *w)
     w->queued = 0;
 }
 
-/* libevent callback, in the poll phase (not signal context): only queue. */
-static void on_signal(evutil_socket_t signum, short what, void *ctx)
+static void run_delivery(void *arg);
+
+static void queue_delivery(struct gfl_signal_watch *w)
 {
-    struct gfl_signal_watch *w = ctx;
-    (void)signum;
-    (void)what;
     if (w->queued > 0 && gfl_handle_is_pending(w->loop, w->queued) == 1)
         return;
-    gfl_handle h = gfl__queue_plain(w->loop, w->cb, w->arg);
+    gfl_handle h = gfl__queue_plain(w->loop, run_delivery, w);
     w->queued = h > 0 ? h : 0;
-    if (h < 0)
+    if (h < 0) /* the count stays: the next wake-up queues it again */
         (void)gfl_loop_call_exception_handler(w->loop,
-            "signal handler: could not queue the callback (out of memory); signal lost", NULL);
+            "signal handler: could not queue the callback (out of memory); delivery deferred", NULL);
+}
+
+/* One delivery: the user's callback, once. It may remove or replace the
+ * handler (freeing w), so w is not touched after it. */
+static void run_delivery(void *arg)
+{
+    struct gfl_signal_watch *w = arg;
+    w->queued = 0;
+    if (w->undelivered == 0)
+        return;
+    w->undelivered--;
+    gfl_callback cb = w->cb;
+    void *cb_arg = w->arg;
+    if (w->undelivered > 0)
+        queue_delivery(w);
+    cb(cb_arg);
+}
+
+/* libevent callback, in the poll phase (not signal context): only queue. */
+static void on_wakeup(evutil_socket_t fd, short what, void *ctx)
+{
+    gfl_loop *loop = ctx;
+    (void)fd;
+    (void)what;
+    struct gfl_signal_port *port = loop->signal_wakeup->port;
+    gfl__sigport_drain(port);
+    for (struct gfl_signal_watch *w = loop->signals; w; w = w->next) {
+        unsigned n = gfl__sigport_take(port, w->signum);
+        w->undelivered = n > UINT_MAX - w->undelivered ? UINT_MAX : w->undelivered + n;
+        if (w->undelivered > 0)
+            queue_delivery(w);
+    }
+}
+
+static int open_wakeup(gfl_loop *loop)
+{
+    if (loop->signal_wakeup)
+        return GFL_OK;
+    struct gfl_signal_wakeup *wk = gfl__calloc(loop, 1, sizeof *wk);
+    if (!wk)
+        return GFL_ENOMEM;
+    int rc;
+    wk->port = gfl__sigport_new(loop, &rc);
+    if (!wk->port) {
+        gfl__free(loop, wk);
+        return rc;
+    }
+    if (event_assign(&wk->ev, loop->base, gfl__sigport_fd(wk->port), EV_READ | EV_PERSIST, on_wakeup, loop) < 0 ||
+        event_add(&wk->ev, NULL) < 0) {
+        gfl__sigport_free(wk->port);
+        gfl__free(loop, wk);
+        return GFL_ENOMEM;
+    }
+    loop->signal_wakeup = wk;
+    return GFL_OK;
+}
+
+static void close_wakeup(gfl_loop *loop)
+{
+    struct gfl_signal_wakeup *wk = loop->signal_wakeup;
+    if (!wk)
+        return;
+    loop->signal_wakeup = NULL;
+    event_del(&wk->ev);
+    gfl__sigport_free(wk->port);
+    gfl__free(loop, wk);
 }
 
 static struct gfl_signal_watch **find(gfl_loop *loop, int signum)
@@ -102,14 +149,17 @@ GFL_EXPORT int gfl_add_signal_handler(gfl_loop *loop, int signum, gfl_callback c
         return GFL_EINVAL;
 
     struct gfl_signal_watch *w = *find(loop, signum);
-    if (w) { /* replace: the old callback must not run any more */
+    if (w) { /* replace: the old callback must not run any more; deliveries
+              * not yet called go to the new one */
         cancel_queued(w);
         w->cb = cb;
         w->arg = arg;
+        if (w->undelivered > 0)
+            queue_delivery(w);
         return GFL_OK;
     }
 
-    if ((rc = claim_signals(loop)) < 0)
+    if ((rc = open_wakeup(loop)) < 0)
         return rc;
     w = gfl__calloc(loop, 1, sizeof *w);
     if (!w) {
@@ -120,10 +170,8 @@ GFL_EXPORT int gfl_add_signal_handler(gfl_loop *loop, int signum, gfl_callback c
     w->signum = signum;
     w->cb = cb;
     w->arg = arg;
-    if (evsignal_assign(&w->ev, loop->base, signum, on_signal, w) < 0 ||
-        evsignal_add(&w->ev, NULL) < 0) {
+    if ((rc = gfl__sigport_watch(loop->signal_wakeup->port, signum)) < 0) {
         gfl__free(loop, w);
-        rc = GFL_EINVAL;
         goto fail;
     }
     w->next = loop->signals;
@@ -132,8 +180,15 @@ GFL_EXPORT int gfl_add_signal_handler(gfl_loop *loop, int signum, gfl_callback c
 
 fail:
     if (!loop->signals)
-        release_signals(loop);
+        close_wakeup(loop);
     return rc;
+}
+
+static void free_watch(gfl_loop *loop, struct gfl_signal_watch *w)
+{
+    cancel_queued(w);
+    gfl__sigport_unwatch(loop->signal_wakeup->port, w->signum);
+    gfl__free(loop, w);
 }
 
 GFL_EXPORT int gfl_remove_signal_handler(gfl_loop *loop, int signum)
@@ -148,23 +203,22 @@ GFL_EXPORT int gfl_remove_signal_handler(gfl_loop *loop, int signum)
     if (!w)
         return 0;
     *p = w->next;
-    cancel_queued(w);
-    evsignal_del(&w->ev); /* libevent restores the previous disposition */
-    gfl__free(loop, w);
+    free_watch(loop, w);
     if (!loop->signals)
-        release_signals(loop);
+        close_wakeup(loop);
     return 1;
 }
 
 /* Loop closing (before event_base_free): queued callbacks are dropped by the
- * scheduler; we release the events, the memory and signal ownership. */
+ * scheduler; we stop watching (restoring dispositions no other loop needs)
+ * and free the port. */
 void gfl__signals_close(gfl_loop *loop)
 {
     while (loop->signals) {
         struct gfl_signal_watch *w = loop->signals;
         loop->signals = w->next;
-        evsignal_del(&w->ev);
-        gfl__free(loop, w);
+        w->queued = 0; /* the scheduler drops it */
+        free_watch(loop, w);
     }
-    release_signals(loop);
+    close_wakeup(loop);
 }

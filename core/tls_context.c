@@ -268,9 +268,11 @@ static gfl_value *build_alpn(gfl_tls_context *c, const char *const *list)
     return NULL;
 }
 
+/* TLS 1.2 is the floor (the header's promise): 1.0 and 1.1 are refused
+ * even as a maximum, which would otherwise only fail every handshake. */
 static bool version_ok(int v)
 {
-    return v == 0 || (v >= 0x0301 && v <= 0x0304);
+    return v == 0 || v == GFL_TLS_VERSION_1_2 || v == GFL_TLS_VERSION_1_3;
 }
 
 /* Applies the options to c->ssl_ctx; NULL or the error. */
@@ -278,7 +280,8 @@ static gfl_value *configure(gfl_tls_context *c, const gfl_tls_context_options *o
 {
     SSL_CTX *sc = c->ssl_ctx;
     if (!version_ok(o->min_version) || !version_ok(o->max_version) || (o->max_version && o->min_version > o->max_version))
-        return invalid("min_version/max_version must be GFL_TLS_VERSION_* values, min <= max");
+        return invalid("min_version/max_version must be GFL_TLS_VERSION_1_2 or GFL_TLS_VERSION_1_3 "
+                       "(TLS below 1.2 is refused), min <= max");
     if (o->verify < GFL_TLS_VERIFY_DEFAULT || o->verify > GFL_TLS_VERIFY_REQUIRED)
         return invalid("verify must be a GFL_TLS_VERIFY_* value");
     if (c->server && !o->cert_file)

@@ -1089,7 +1089,7 @@ static void fd_teardown(gfl_transport *t)
     set_wev(ft, false);
     free_chunks(ft);
     if (ft->fd >= 0) {
-        close(ft->fd);
+        gfl__close_watched_fd(t->loop, ft->fd);
         ft->fd = -1;
     }
 }

@@ -434,7 +434,7 @@ static void udp_teardown(gfl_transport *t)
     set_wev(u, false);
     free_queue(u);
     if (u->fd >= 0) {
-        close(u->fd);
+        gfl__close_watched_fd(t->loop, u->fd);
         u->fd = -1;
     }
 }

@@ -30,6 +30,8 @@ struct gfl_fd_watch {
     struct event ev;      /* embedded, so it is allocated through the hook */
     gfl_loop *loop;
     int fd;
+    dev_t dev;            /* the file registered (fstat when added) */
+    ino_t ino;
     short registered;     /* EV_READ|EV_WRITE currently added; 0: not added */
     gfl_callback cb[2];   /* NULL: no watcher in that direction */
     void *arg[2];
@@ -89,15 +91,25 @@ static short wanted_events(const struct gfl_fd_watch *w)
     return (short)((w->cb[DIR_READ] ? EV_READ : 0) | (w->cb[DIR_WRITE] ? EV_WRITE : 0));
 }
 
+/* If the fd no longer names the file we registered (closed behind our
+ * back, perhaps reused), the poller may keep an entry for that file that
+ * event_del cannot reach: the loop renews its poller (iopoll.c). */
+static void unregister(struct gfl_fd_watch *w)
+{
+    struct stat st;
+    if (fstat(w->fd, &st) < 0 || st.st_dev != w->dev || st.st_ino != w->ino)
+        gfl__note_orphaned_fd(w->loop);
+    event_del(&w->ev);
+    w->registered = 0;
+}
+
 /* Makes the libevent registration match `want` (0: unregistered). */
 static int set_interest(struct gfl_fd_watch *w, short want)
 {
     if (want == w->registered)
         return GFL_OK;
-    if (w->registered) {
-        event_del(&w->ev);
-        w->registered = 0;
-    }
+    if (w->registered)
+        unregister(w);
     if (!want)
         return GFL_OK;
     if (event_assign(&w->ev, w->loop->base, w->fd, (short)(want | EV_PERSIST), on_fd_ready, w) < 0)
@@ -132,17 +144,18 @@ static int grow_table(gfl_loop *loop, int fd)
 static void free_watch(gfl_loop *loop, struct gfl_fd_watch *w)
 {
     if (w->registered)
-        event_del(&w->ev);
+        unregister(w);
     loop->fd_watches[w->fd] = NULL;
     gfl__free(loop, w);
 }
 
 /* epoll refuses regular files and directories (EPERM, as asyncio reports). */
-static int check_fd(const gfl_loop *loop, int fd)
+static int check_fd(const gfl_loop *loop, int fd, struct stat *st_out)
 {
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0)
         return GFL_EBADF;
+    *st_out = st;
     if ((S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) &&
         strcmp(event_base_get_method(loop->base), "epoll") == 0)
         return GFL_EPERM;
@@ -156,7 +169,8 @@ static int add_watcher(gfl_loop *loop, int fd, int dir, gfl_callback cb, void *a
         return rc;
     if (!cb)
         return GFL_EINVAL;
-    if ((rc = check_fd(loop, fd)) < 0)
+    struct stat st;
+    if ((rc = check_fd(loop, fd, &st)) < 0)
         return rc;
     if ((rc = grow_table(loop, fd)) < 0)
         return rc;
@@ -169,8 +183,16 @@ static int add_watcher(gfl_loop *loop, int fd, int dir, gfl_callback cb, void *a
             return GFL_ENOMEM;
         w->loop = loop;
         w->fd = fd;
+        w->dev = st.st_dev;
+        w->ino = st.st_ino;
         loop->fd_watches[fd] = w;
         fresh = true;
+    } else if (w->dev != st.st_dev || w->ino != st.st_ino) {
+        /* The fd was closed and reused behind the other direction's
+         * watcher: register the new file afresh (and renew the poller). */
+        (void)set_interest(w, 0);
+        w->dev = st.st_dev;
+        w->ino = st.st_ino;
     }
 
     short old = w->registered;

@@ -6,6 +6,7 @@
 # invalid accesses fail. Each run ends with "engine ...: N passed, N failed".
 set -u
 : "${abs_top_srcdir:?}" "${abs_top_builddir:?}" "${GFL_LUA_HOST_DIR:?}" "${GFL_PYTHONPATH:?}"
+. "$abs_top_srcdir/tests/host-env.sh"
 engine="$abs_top_builddir/examples/engine/engine"
 game="$abs_top_srcdir/examples/engine"
 LUA_CPATH="$abs_top_builddir/bindings/lua/$GFL_LUA_HOST_DIR/.libs/?.so"
@@ -26,9 +27,9 @@ run() { # name, then the engine's arguments
 # frame (the work itself takes about 1 ms): on a loaded CI machine the OS
 # may deschedule the engine in the middle of a frame, and a 4 ms budget
 # would then end a frame before the round trip in it does.
-run "10s python-lua-loop" "$engine" --seconds 10 --budget 10 --teardown python-lua-loop
+run "10s python-lua-loop" run_host "$engine" --seconds 10 --budget 10 --teardown python-lua-loop
 for order in lua-python-loop loop-first; do
-    run "$order" "$engine" --seconds 3 --budget 10 --teardown "$order"
+    run "$order" run_host "$engine" --seconds 3 --budget 10 --teardown "$order"
 done
 if [ "${GFL_LONG_TESTS:-1}" = 1 ] && [ -z "${GFL_NO_VALGRIND:-}" ] && command -v "${VALGRIND:-valgrind}" >/dev/null 2>&1; then
     for order in python-lua-loop loop-first; do

@@ -8,8 +8,8 @@
 # valgrind's --error-exitcode alone would miss errors in workers: every
 # process writes its own log and the logs are checked too.
 #
-# Not run with --enable-sanitizers (valgrind and ASan do not mix; the
-# normal run is the sanitized one) and skipped when GFL_LONG_TESTS=0
+# Skipped with --enable-sanitizers (valgrind and ASan do not mix; the
+# normal run is the sanitized one) and when GFL_LONG_TESTS=0
 # (configure --disable-long-tests, which make distcheck uses).
 #
 # Environment (set by make): abs_top_srcdir, abs_top_builddir, GFL_C_TESTS
@@ -21,6 +21,11 @@
 # Cost: every test is a process started under valgrind, about 1 s of CPU
 # each (mostly valgrind reading the libraries' symbols).
 set -u
+
+if test -n "${GFL_ASAN_RUNTIME:-}"; then
+    echo "check-valgrind: SKIP: sanitizer build (valgrind cannot run ASan-instrumented programs; ASan and UBSan checked them in this run)"
+    exit 77
+fi
 
 if test "${GFL_LONG_TESTS:-1}" = 0; then
     echo "check-valgrind: SKIP: long tests disabled (GFL_LONG_TESTS=0)"

@@ -507,8 +507,15 @@ FUTURE_TEST(freeing_the_loop_with_pending_work_leaks_nothing)
     cr_assert_eq(gfl_future_loop(pending), loop);
     cr_assert_eq(gfl_loop_is_closed(loop), 1);
     cr_assert_eq(gfl_future_add_done_callback(pending, record_call, &b), GFL_ECLOSED);
-    cr_assert_eq(gfl_future_set_result(pending, gfl_value_nil()), 0);
-    cr_assert_eq(gfl_future_state_of(pending), GFL_FUTURE_RESULT);
+    /* Settling it is refused, as the header says (it returned 0 before). */
+    cr_assert_eq(gfl_future_set_result(pending, gfl_value_nil()), GFL_ECLOSED);
+    gfl_value *late = gfl_value_error(GFL_EIO, NULL, NULL, NULL);
+    cr_assert_eq(gfl_future_set_error(pending, late), GFL_ECLOSED);
+    gfl_value_unref(late);
+    cr_assert_eq(gfl_future_cancel(pending, "late"), GFL_ECLOSED);
+    cr_assert_eq(gfl_future_state_of(pending), GFL_FUTURE_PENDING);
+    cr_assert_eq(gfl_future_remove_done_callback(pending, record_call, &a), 1,
+                 "dropping a callback still works");
     cr_assert_eq(gfl_future_add_done_callback(pending, record_call, &b), GFL_ECLOSED);
     cr_assert_null(gfl_future_new(loop));
     gfl_future_unref(pending);
@@ -525,8 +532,9 @@ FUTURE_TEST(cancel_after_the_loop_closed)
     struct tagged a = {&r, 1};
     gfl_future_add_done_callback(f, record_call, &a);
     gfl_loop_free(loop);
-    cr_assert_eq(gfl_future_cancel(f, "late"), 1);
-    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_CANCELLED);
+    /* The header's GFL_ECLOSED (it cancelled and returned 1 before). */
+    cr_assert_eq(gfl_future_cancel(f, "late"), GFL_ECLOSED);
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_PENDING);
     gfl_future_unref(f);
     cr_assert_eq(r.calls, 0);
     loop = NULL;
@@ -784,14 +792,15 @@ FUTURE_TEST(release_runs_when_the_loop_drops_the_scheduled_callback)
 
 FUTURE_TEST(release_runs_when_a_closed_loop_cannot_schedule)
 {
-    /* Completed after the loop closed: the callback can never run. */
+    /* The loop closed with the future pending: the callback can never run;
+     * settling is refused, and the release runs when the future goes. */
     struct owned a = {NULL, 1, 0, 0, NULL};
     gfl_future *f = gfl_future_new(loop);
     gfl_future_add_done_callback_ex(f, owned_run, &a, owned_release);
     cr_assert_eq(gfl_loop_free(loop), 0);
     cr_assert_eq(a.releases, 0, "still registered on the pending future");
-    cr_assert_eq(gfl_future_set_result(f, gfl_value_nil()), 0);
-    cr_assert_eq(a.releases, 1);
+    cr_assert_eq(gfl_future_set_result(f, gfl_value_nil()), GFL_ECLOSED);
+    cr_assert_eq(a.releases, 0);
     /* Refused on a closed loop: the caller keeps its argument. */
     struct owned b = {NULL, 2, 0, 0, NULL};
     cr_assert_eq(gfl_future_add_done_callback_ex(f, owned_run, &b, owned_release), GFL_ECLOSED);

@@ -1,9 +1,10 @@
-/* Signal handlers delivered as loop callbacks. Criterion runs each test in
- * its own process; signals the test raises are ignored (SIG_IGN) before a
- * handler is added, so that when libevent restores the previous disposition
- * on removal a late signal cannot kill the test. */
+/* Signal handlers delivered as loop callbacks, in any number of loops.
+ * Criterion runs each test in its own process; signals the test raises are
+ * ignored (SIG_IGN) before a handler is added, so that when the dispatcher
+ * restores the previous disposition a late signal cannot kill the test. */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -131,16 +132,18 @@ Test(signals, every_delivery_after_the_callback_ran)
     cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
 }
 
-Test(signals, repeats_while_queued_are_coalesced)
+/* Every delivery is a call, also those that arrive while the loop is not
+ * running (5 raised, 1 delivered before: issue 12, item 4). */
+Test(signals, every_delivery_counts_while_the_loop_is_not_running)
 {
     struct hits h = { 0 };
     cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &h), 0);
-    raise(SIGUSR1);
-    raise(SIGUSR1);
-    raise(SIGUSR1);
-    pump_until(&h.calls, 1, 100);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(raise(SIGUSR1), 0);
+    cr_assert_eq(h.calls, 0);
+    pump_until(&h.calls, 5, 100);
     settle(3);
-    cr_assert_eq(h.calls, 1, "one callback for signals received before it ran");
+    cr_assert_eq(h.calls, 5, "5 raised, %d delivered", h.calls);
     cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
 }
 
@@ -229,60 +232,123 @@ Test(signals, wrong_thread)
     cr_assert_eq((intptr_t)ok, 1);
 }
 
-/* libevent serves signals to one event_base per process: a second loop is
- * refused (GFL_EBUSY) rather than silently stealing or losing signals. */
-Test(signals, one_loop_owns_signals)
+static struct sigaction disposition(int signum)
 {
-    struct hits h = { 0 }, other_hits = { 0 };
+    struct sigaction sa;
+    cr_assert_eq(sigaction(signum, NULL, &sa), 0);
+    return sa;
+}
+
+static void pump_other(gfl_loop *l, const int *flag, int want)
+{
+    for (int i = 0; i < 100 && *flag < want; i++)
+        cr_assert_geq(gfl_loop_run_once(l, 0.05), 0);
+}
+
+/* Any loop may watch any signal (a second loop got GFL_EBUSY before), and
+ * several loops the same one: each delivery reaches each of them, also
+ * while neither runs. */
+Test(signals, two_loops_watch_the_same_and_other_signals)
+{
+    struct hits a = { 0 }, b = { 0 }, b2 = { 0 };
     gfl_loop *other = gfl_loop_new(NULL);
     cr_assert_not_null(other);
-    cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &h), 0);
-    cr_assert_eq(gfl_add_signal_handler(other, SIGUSR2, on_signal, &other_hits), GFL_EBUSY);
-    cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR2, on_signal, &h), 0, "the owner may add more");
+    cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &a), 0);
+    cr_assert_eq(gfl_add_signal_handler(other, SIGUSR1, on_signal, &b), 0);
+    cr_assert_eq(gfl_add_signal_handler(other, SIGUSR2, on_signal, &b2), 0);
 
-    /* Running the other loop does not take the signals away. */
-    gfl_loop_run_once(other, 0);
-    raise(SIGUSR1);
-    pump_until(&h.calls, 1, 100);
-    cr_assert_eq(h.calls, 1);
-
-    /* Once the owner has no handler left, another loop may take over. */
-    cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
-    cr_assert_eq(gfl_add_signal_handler(other, SIGUSR2, on_signal, &other_hits), GFL_EBUSY);
-    cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR2), 1);
-    cr_assert_eq(gfl_add_signal_handler(other, SIGUSR2, on_signal, &other_hits), 0);
-    cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &h), GFL_EBUSY);
+    for (int i = 0; i < 3; i++)
+        raise(SIGUSR1); /* neither loop is running */
     raise(SIGUSR2);
-    for (int i = 0; i < 100 && other_hits.calls == 0; i++)
-        gfl_loop_run_once(other, 0.05);
-    cr_assert_eq(other_hits.calls, 1);
+    pump_until(&a.calls, 3, 100);
+    pump_other(other, &b.calls, 3);
+    pump_other(other, &b2.calls, 1);
+    settle(2);
+    for (int i = 0; i < 3; i++)
+        gfl_loop_run_once(other, 0.01);
+    cr_assert_eq(a.calls, 3);
+    cr_assert_eq(b.calls, 3);
+    cr_assert_eq(b2.calls, 1, "SIGUSR2 reached the loop watching it");
 
-    /* Closing the owner releases ownership too. */
+    /* One loop letting go leaves the other's handler (and ours installed). */
+    cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
+    cr_assert_neq(disposition(SIGUSR1).sa_handler, SIG_IGN, "still watched by the other loop");
+    raise(SIGUSR1);
+    pump_other(other, &b.calls, 4);
+    settle(2);
+    cr_assert_eq(b.calls, 4);
+    cr_assert_eq(a.calls, 3);
+
+    /* Closing the last watcher restores what was there (SIG_IGN). */
     cr_assert_eq(gfl_loop_free(other), 0);
-    cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &h), 0);
-    cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
+    cr_assert_eq(disposition(SIGUSR1).sa_handler, SIG_IGN);
+    cr_assert_eq(disposition(SIGUSR2).sa_handler, SIG_IGN);
 }
 
-static void *own_in_thread(void *arg)
+struct thread_loop {
+    atomic_int ready, go;
+    int calls;
+    int rc;
+};
+
+static void count_in_thread(void *arg)
 {
-    (void)arg;
-    struct hits h = { 0 };
+    ((struct thread_loop *)arg)->calls++;
+}
+
+static void *watch_in_thread(void *arg)
+{
+    struct thread_loop *tl = arg;
     gfl_loop *l = gfl_loop_new(NULL);
-    intptr_t rc = gfl_add_signal_handler(l, SIGUSR1, on_signal, &h);
+    tl->rc = gfl_add_signal_handler(l, SIGUSR1, count_in_thread, tl);
+    atomic_store(&tl->ready, 1);
+    while (!atomic_load(&tl->go)) /* the signals come while l is not running */
+        sched_yield();
+    for (int i = 0; i < 200 && tl->calls < 2; i++)
+        gfl_loop_run_once(l, 0.05);
+    for (int i = 0; i < 3; i++)
+        gfl_loop_run_once(l, 0.01);
     gfl_loop_free(l);
-    return (void *)rc;
+    return NULL;
 }
 
-Test(signals, loops_in_other_threads_are_refused_too)
+Test(signals, loops_in_other_threads_get_their_signals)
 {
     struct hits h = { 0 };
     cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &h), 0);
+    struct thread_loop tl = { 0 };
     pthread_t t;
-    void *rc;
-    cr_assert_eq(pthread_create(&t, NULL, own_in_thread, NULL), 0);
-    pthread_join(t, &rc);
-    cr_assert_eq((intptr_t)rc, GFL_EBUSY);
+    cr_assert_eq(pthread_create(&t, NULL, watch_in_thread, &tl), 0);
+    while (!atomic_load(&tl.ready))
+        sched_yield();
+    kill(getpid(), SIGUSR1);
+    kill(getpid(), SIGUSR1);
+    atomic_store(&tl.go, 1);
+    pump_until(&h.calls, 2, 100);
+    pthread_join(t, NULL);
+    cr_assert_eq(tl.rc, 0);
+    cr_assert_eq(tl.calls, 2);
+    settle(2);
+    cr_assert_eq(h.calls, 2);
     cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
+}
+
+/* A disposition someone else set after ours is theirs: letting go does not
+ * undo it. */
+static void user_handler(int signum)
+{
+    (void)signum;
+}
+
+Test(signals, a_handler_installed_after_ours_is_left_alone)
+{
+    struct hits h = { 0 };
+    cr_assert_eq(gfl_add_signal_handler(loop, SIGUSR1, on_signal, &h), 0);
+    struct sigaction mine = { .sa_handler = user_handler };
+    sigemptyset(&mine.sa_mask);
+    cr_assert_eq(sigaction(SIGUSR1, &mine, NULL), 0);
+    cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 1);
+    cr_assert_eq(disposition(SIGUSR1).sa_handler, user_handler);
 }
 
 Test(signals, closing_the_loop_leaks_nothing_and_restores)
@@ -306,7 +372,7 @@ Test(signals, closing_the_loop_leaks_nothing_and_restores)
 }
 
 /* Each allocation of add_signal_handler may fail: GFL_ENOMEM, nothing
- * registered, ownership not kept. */
+ * registered, no disposition left changed. */
 Test(signals, out_of_memory_is_clean)
 {
     struct hits h = { 0 };
@@ -319,6 +385,7 @@ Test(signals, out_of_memory_is_clean)
         succeeded = rc == 0;
         if (!succeeded) {
             cr_assert_eq(gfl_remove_signal_handler(loop, SIGUSR1), 0);
+            cr_assert_eq(disposition(SIGUSR1).sa_handler, SIG_IGN, "nothing left installed");
             gfl_loop *other = gfl_loop_new(NULL);
             cr_assert_eq(gfl_add_signal_handler(other, SIGUSR1, on_signal, &h), 0, "not owned after a failure");
             gfl_loop_free(other);

@@ -1417,6 +1417,48 @@ Test(tls, context_errors_name_the_reason)
     gfl_tls_context_unref(NULL);
 }
 
+/* TLS below 1.2 is refused by the C API (issue 12, item 6): the context
+ * is not made, even with a cipher list that would allow it, and a client
+ * never completes a TLS 1.0 handshake with a real s_server -tls1. */
+Test(tls, below_1_2_is_refused)
+{
+    const int old_versions[] = {0x0300, 0x0301, 0x0302, 0x0305, -1};
+    for (size_t i = 0; i < sizeof old_versions / sizeof *old_versions; i++) {
+        int v = old_versions[i];
+        gfl_tls_context_options mins = {.size = sizeof mins, .min_version = v, .ciphers = "DEFAULT:@SECLEVEL=0"};
+        gfl_tls_context_options maxs = {.size = sizeof maxs, .max_version = v};
+        const gfl_tls_context_options *both[] = {&mins, &maxs};
+        for (int j = 0; j < 2; j++) {
+            gfl_value *err = NULL;
+            gfl_tls_context *c = gfl_tls_context_new(both[j], &err);
+            if (c)
+                gfl_tls_context_unref(c);
+            cr_assert_null(c, "%s_version 0x%04x accepted", j ? "max" : "min", (unsigned)v);
+            cr_assert_not_null(err);
+            cr_assert_eq(gfl_value_error_code(err), GFL_EINVAL);
+            cr_assert_str_eq(gfl_value_error_type(err), "ValueError");
+            cr_assert(strstr(gfl_value_error_message(err), "below 1.2") != NULL, "%s", gfl_value_error_message(err));
+            gfl_value_unref(err);
+        }
+    }
+
+    /* Against a real TLS 1.0-only server: the default floor fails the
+     * handshake, whatever the cipher list allows. */
+    int port = free_port();
+    (void)s_server(port, "server", (const char *[]){"-tls1", "-cipher", "DEFAULT:@SECLEVEL=0", "-naccept", "1", NULL});
+    gfl_tls_context_options o = {.size = sizeof o, .insecure_skip_verify = 1, .default_cas = -1,
+                                 .ciphers = "DEFAULT:@SECLEVEL=0"};
+    gfl_tls_context *ctx = make_ctx(&o);
+    struct rec r = {0};
+    gfl_future *f = tls_connect(&r, ctx, port, "localhost");
+    gfl_value *e = await_error(f);
+    cr_assert_eq(gfl_value_error_code(e), GFL_ETLS, "%s: %s", gfl_value_error_type(e), gfl_value_error_message(e));
+    cr_assert_eq(r.made, 0, "no connection_made after a refused handshake");
+    gfl_future_unref(f);
+    gfl_tls_context_unref(ctx);
+    free(r.buf);
+}
+
 Test(tls, bad_arguments)
 {
     gfl_tls_context *cctx = client_ctx();

@@ -101,6 +101,52 @@ static void write_byte(int fd, char c)
     cr_assert_eq(write(fd, &c, 1), 1);
 }
 
+static int timer_ran;
+static void timer_cb(void *arg)
+{
+    (void)arg;
+    timer_ran++;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* With nothing ready, run_once(0.05) must block. Counts the calls that
+ * return early over a fixed 0.3 s (not a timing measurement: a spinning loop
+ * returns early every time, tens of thousands of calls; a blocking one makes
+ * about six calls, none early) and the CPU spent meanwhile. */
+#define IDLE_WINDOW 0.3
+static void assert_loop_blocks_at(const char *where)
+{
+    int calls = 0, early = 0;
+    double start = now_s(), cpu0 = cpu_s();
+    while (now_s() - start < IDLE_WINDOW) {
+        double t0 = now_s();
+        gfl_loop_run_once(loop, 0.05);
+        if (now_s() - t0 < 0.02)
+            early++;
+        calls++;
+    }
+    double cpu = cpu_s() - cpu0;
+    cr_log_info("%s: %d run_once(0.05) calls in %.1f s, %d returned early, %.3f s CPU",
+                where, calls, IDLE_WINDOW, early, cpu);
+    cr_assert_leq(early, 2, "%s: the loop spins: %d of %d run_once(0.05) returned at once (%.3f s CPU)",
+                  where, early, calls, cpu);
+    cr_assert_lt(cpu, IDLE_WINDOW / 2, "%s: %.3f s CPU in %.1f s idle", where, cpu, IDLE_WINDOW);
+}
+#define cr_assert_loop_blocks() assert_loop_blocks_at(__func__)
+
 /* ---- readers and writers ---- */
 
 Test(watchers, reader_called_when_data_arrives)
@@ -649,12 +695,6 @@ Test(backend, threadsafe_wakeup)
     cr_assert_eq(atomic_load(&ts_ran), 1);
 }
 
-static int timer_ran;
-static void timer_cb(void *arg)
-{
-    (void)arg;
-    timer_ran++;
-}
 
 Test(backend, timers_through_the_timeout)
 {
@@ -841,13 +881,147 @@ Test(backend, stream_fd_closed_behind_the_transport)
         gfl_loop_run_once(loop, 0);
     cr_assert_eq(s.len, 0, "nothing delivered after the transport was lost");
 
-    /* The loop still works: a timer runs. */
-    int ran = 0;
-    cr_assert_gt(gfl_call_later(loop, 0.001, timer_cb, &ran), 0);
+    /* The orphaned entry must not make the loop spin: with nothing of ours
+     * ready, run_once(0.05) blocks (it returned at once 358,079 times a
+     * second before the fix). */
+    cr_assert_loop_blocks();
+
+    /* The loop still works: a timer runs (bounded by wall time, not by a
+     * number of iterations, so a loaded machine cannot make it flake). */
     timer_ran = 0;
-    for (int i = 0; i < 200 && !timer_ran; i++)
+    cr_assert_gt(gfl_call_later(loop, 0.001, timer_cb, NULL), 0);
+    double deadline = now_s() + 5;
+    while (!timer_ran && now_s() < deadline)
         gfl_loop_run_once(loop, 0.01);
     cr_assert_eq(timer_ran, 1);
     close(dup_fd);
     close(sv[1]);
+}
+
+/* The same misuse for an fd watcher: the watched fd is closed (a duplicate
+ * keeps the file open), then the watcher removed. The poller may keep the
+ * file registered; its readiness must neither call anything nor make the
+ * loop spin. */
+Test(watchers, fd_closed_behind_the_watcher)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct counter c = { .fd = sv[0], .drain = false };
+    cr_assert_eq(gfl_add_reader(loop, sv[0], count_cb, &c), 0);
+    for (int i = 0; i < 3; i++)
+        gfl_loop_run_once(loop, 0);
+    int dup_fd = dup(sv[0]);
+    cr_assert_geq(dup_fd, 0);
+    close(sv[0]);
+    cr_assert_eq(gfl_remove_reader(loop, sv[0]), 1);
+    cr_assert_eq(write(sv[1], "late", 4), 4);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(c.calls, 0, "nothing called after the watcher was removed");
+    cr_assert_loop_blocks();
+    close(dup_fd);
+    close(sv[1]);
+}
+
+/* And a datagram endpoint's socket. */
+static void dgram_received(gfl_transport *t, const void *data, size_t len,
+                           const struct sockaddr *addr, socklen_t addrlen, void *ud)
+{
+    (void)t; (void)data; (void)len; (void)addr; (void)addrlen;
+    (*(int *)ud)++;
+}
+static const gfl_datagram_protocol dgram_proto = {
+    .size = sizeof dgram_proto,
+    .datagram_received = dgram_received,
+};
+static int dgram_factory(void *fud, gfl_transport *t, const gfl_datagram_protocol **proto, void **ud)
+{
+    (void)t;
+    *proto = &dgram_proto;
+    *ud = fud;
+    return 0;
+}
+
+Test(backend, datagram_fd_closed_behind_the_transport)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv), 0);
+    int got = 0;
+    gfl_future *f = gfl_datagram_from_socket(loop, dgram_factory, &got, NULL, sv[0]);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 10 && gfl_future_state_of(f) == GFL_FUTURE_PENDING; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_RESULT);
+    void *obj = NULL;
+    cr_assert_eq(gfl_value_get_object(gfl_future_value(f), gfl_transport_class(), &obj), 0);
+    gfl_transport *t = obj;
+    gfl_future_unref(f);
+
+    int dup_fd = dup(sv[0]);
+    cr_assert_geq(dup_fd, 0);
+    close(sv[0]);
+    cr_assert_eq(gfl_transport_abort(t), 0);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(write(sv[1], "late", 4), 4);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(got, 0, "nothing delivered after the transport was lost");
+    cr_assert_loop_blocks();
+    close(dup_fd);
+    close(sv[1]);
+}
+
+/* A foreign main loop polls the backend fd: an orphaned entry must not keep
+ * it readable (the host's loop would spin) once the loop renewed its sets,
+ * and readiness still reaches it afterwards. */
+Test(backend, orphans_do_not_keep_the_backend_fd_readable)
+{
+    int bfd = gfl_loop_backend_fd(loop);
+    cr_assert_geq(bfd, 0);
+
+    /* A stream (our own set) and a watcher (libevent's), both closed behind. */
+    int ss[2], ws[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, ss), 0);
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, ws), 0);
+    struct stream_seen s = { 0 };
+    gfl_future *f = gfl_connect_socket(loop, stream_factory, &s, NULL, ss[0]);
+    cr_assert_not_null(f);
+    for (int i = 0; i < 10 && !s.t; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_not_null(s.t);
+    gfl_future_unref(f);
+    struct counter c = { .fd = ws[0], .drain = false };
+    cr_assert_eq(gfl_add_reader(loop, ws[0], count_cb, &c), 0);
+
+    int sdup = dup(ss[0]), wdup = dup(ws[0]);
+    close(ss[0]);
+    close(ws[0]);
+    cr_assert_eq(gfl_transport_abort(s.t), 0);
+    cr_assert_eq(gfl_remove_reader(loop, ws[0]), 1);
+    cr_assert_eq(write(ss[1], "late", 4), 4);
+    cr_assert_eq(write(ws[1], "late", 4), 4);
+    for (int i = 0; i < 10; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(s.len, 0);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_not(fd_readable(bfd, 0), "the backend fd stays readable for an orphan");
+
+    /* Still wired: a new watcher's readiness wakes the foreign loop. */
+    int p[2];
+    make_pipe(p);
+    struct counter r = { .fd = p[0], .drain = true };
+    cr_assert_eq(gfl_add_reader(loop, p[0], count_cb, &r), 0);
+    cr_assert_eq(write(p[1], "x", 1), 1);
+    cr_assert(fd_readable(bfd, 2000), "a ready watcher wakes the foreign loop");
+    for (int i = 0; i < 10 && r.calls == 0; i++)
+        gfl_loop_run_once(loop, 0);
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(gfl_remove_reader(loop, p[0]), 1);
+    close(p[0]);
+    close(p[1]);
+    close(sdup);
+    close(wdup);
+    close(ss[1]);
+    close(ws[1]);
 }

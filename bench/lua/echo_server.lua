@@ -34,6 +34,10 @@ elseif impl == "gfl-proto" then
     Echo.__index = Echo
     function Echo:connection_made(t) self.t = t end
     function Echo:data_received(data) self.t:write(data) end
+    -- A peer that does not read: stop reading until what we wrote back
+    -- drains, or the write buffer grows without bound.
+    function Echo:pause_writing() self.t:pause_reading() end
+    function Echo:resume_writing() self.t:resume_reading() end
     gfl.run(function()
         local srv = assert(gfl.create_server(function() return setmetatable({}, Echo) end,
             "127.0.0.1", port, { backlog = 1024 }))
@@ -49,13 +53,24 @@ elseif impl == "luv" then
         local c = uv.new_tcp()
         server:accept(c)
         c:nodelay(true) -- as globeflower (and asyncio) do for every TCP connection
-        c:read_start(function(rerr, data)
-            if data then
-                c:write(data)
-            else
+        -- The same bound for libuv: past 64 KiB queued, stop reading until
+        -- the queue drains (libuv has no high-water mark of its own).
+        local on_read
+        on_read = function(rerr, data)
+            if not data then
                 c:close()
+                return
             end
-        end)
+            c:write(data, function()
+                if c:get_write_queue_size() == 0 and not c:is_closing() then
+                    c:read_start(on_read)
+                end
+            end)
+            if c:get_write_queue_size() > 65536 then
+                c:read_stop()
+            end
+        end
+        c:read_start(on_read)
     end))
     ready(server:getsockname().port)
     uv.run()

@@ -11,12 +11,14 @@
 # tests/lua/valgrind-<lua>.log.
 set -u
 : "${abs_top_srcdir:?}" "${abs_top_builddir:?}"
+. "$abs_top_srcdir/tests/host-env.sh"
 status=0
 for pair in ${GFL_LUA_TESTS:-}; do
     dir=${pair%%:*}
     interp=${pair#*:}
     cpath="$abs_top_builddir/bindings/lua/$dir/.libs/?.so"
-    LUA_CPATH="$cpath" "$interp" "$abs_top_srcdir/tests/lua/run.lua" || status=1
+    host_env_note "$interp"
+    LUA_CPATH="$cpath" run_host "$interp" "$abs_top_srcdir/tests/lua/run.lua" || status=1
     if [ -n "${GFL_LUA_VALGRIND:-}" ] && [ "$dir" != luajit ]; then
         log="$abs_top_builddir/tests/lua/valgrind-$dir.log"
         if LUA_CPATH="$cpath" ${VALGRIND:-valgrind} --error-exitcode=99 --leak-check=full \
@@ -35,7 +37,7 @@ engine="$abs_top_builddir/examples/engine_lua/engine_lua"
 if [ -n "${GFL_LUA_HOST_DIR:-}" ] && [ -x "$engine" ]; then
     cpath="$abs_top_builddir/bindings/lua/$GFL_LUA_HOST_DIR/.libs/?.so"
     for order in "" --free-loop-first; do
-        if LUA_CPATH="$cpath" "$engine" $order "$abs_top_srcdir/examples/engine_lua/script.lua"; then
+        if LUA_CPATH="$cpath" run_host "$engine" $order "$abs_top_srcdir/examples/engine_lua/script.lua"; then
             echo "engine_lua $order: 1 passed, 0 failed"
         else
             echo "engine_lua $order: 0 passed, 1 failed"

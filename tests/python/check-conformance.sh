@@ -6,6 +6,7 @@
 # (Debian: apt-get install libpython3.11-testsuite).
 set -u
 srcdir=${abs_top_srcdir:-.}
+. "$srcdir/tests/host-env.sh"
 PYTHON=${PYTHON:-/usr/bin/python3}
 if [ "${GFL_LONG_TESTS:-1}" = 0 ]; then
     echo "check-conformance: SKIP (GFL_LONG_TESTS=0)"
@@ -21,4 +22,5 @@ set -- --pythonpath "${GFL_PYTHONPATH:-}" --exceptions "$srcdir/tests/python/tes
 if [ -f "$baseline" ]; then
     set -- "$@" --baseline "$baseline"
 fi
-exec "$PYTHON" "$srcdir/tests/python/run_test_asyncio.py" "$@"
+host_env_note "$PYTHON"
+run_host "$PYTHON" "$srcdir/tests/python/run_test_asyncio.py" "$@"

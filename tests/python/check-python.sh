@@ -11,27 +11,30 @@
 set -u
 srcdir=${abs_top_srcdir:-.}
 builddir=${abs_top_builddir:-.}
+. "$srcdir/tests/host-env.sh"
 PYTHON=${PYTHON:-/usr/bin/python3}
 PYTHONPATH=${GFL_PYTHONPATH:-}${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONPATH
 GFL_PLUGIN_PATH=${GFL_PLUGIN_PATH:-${abs_top_builddir:-.}/plugins/.libs}
 export GFL_PLUGIN_PATH
 status=0
+host_env_note "$PYTHON"
 for t in test_globeflower test_hosts test_libraries; do
     echo "== $t (debug mode)"
-    "$PYTHON" -X dev "$srcdir/tests/python/$t.py" -v 2>&1 || status=1
+    run_host "$PYTHON" -X dev "$srcdir/tests/python/$t.py" -v 2>&1 || status=1
     echo "== $t"
-    "$PYTHON" "$srcdir/tests/python/$t.py" 2>&1 || status=1
+    run_host "$PYTHON" "$srcdir/tests/python/$t.py" 2>&1 || status=1
 done
 
 host="$builddir/tests/python/embed_host"
 if test -x "$host"; then
     for order in finalize-first free-first; do
         echo "== embed_host $order"
-        "$host" $order 2>&1 || status=1
+        run_host "$host" $order 2>&1 || status=1
     done
     valgrind=${VALGRIND:-valgrind}
-    if test "${GFL_LONG_TESTS:-1}" != 0 && command -v "$valgrind" >/dev/null 2>&1; then
+    if test "${GFL_LONG_TESTS:-1}" != 0 && test -z "${GFL_NO_VALGRIND:-}" &&
+        command -v "$valgrind" >/dev/null 2>&1; then
         for order in finalize-first free-first; do
             echo "== embed_host $order (valgrind)"
             log="$builddir/tests/python/valgrind-embed-$order.log"
