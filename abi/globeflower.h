@@ -47,7 +47,7 @@ extern "C" {
 /* Bumped only when the ABI breaks (never, we hope). */
 #define GFL_ABI_MAJOR 1
 /* Bumped whenever gfl_api grows. */
-#define GFL_ABI_MINOR 4
+#define GFL_ABI_MINOR 5
 
 /* ------------------------------------------------------------------ */
 /* Error codes: negative; errno-compatible where an errno exists.      */
@@ -553,6 +553,7 @@ GFL_EXPORT const gfl_api *gfl_api_get(void);
 #include "globeflower_datagram.h"
 #include "globeflower_process.h"
 #include "globeflower_tls.h"
+#include "globeflower_fs.h"
 #include "globeflower_api.h"
 
 #ifdef __cplusplus

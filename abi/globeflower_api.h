@@ -216,6 +216,36 @@ struct gfl_api {
     gfl_loop *(*loop_acquire)(const void *candidate);
     /* ABI 1.4 */
     int (*loop_at_run_end)(gfl_loop *loop, gfl_callback fn, void *arg);
+    /* ABI 1.5: file system (globeflower_fs.h) */
+    gfl_future *(*fs_open)(gfl_loop *loop, const char *path, int flags, int mode);
+    gfl_future *(*fs_close)(gfl_loop *loop, int fd);
+    gfl_future *(*fs_read)(gfl_loop *loop, int fd, size_t len, int64_t offset);
+    gfl_future *(*fs_write)(gfl_loop *loop, int fd, const void *data, size_t len, int64_t offset);
+    gfl_future *(*fs_stat)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_lstat)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_fstat)(gfl_loop *loop, int fd);
+    gfl_future *(*fs_rename)(gfl_loop *loop, const char *from, const char *to);
+    gfl_future *(*fs_unlink)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_mkdir)(gfl_loop *loop, const char *path, int mode);
+    gfl_future *(*fs_rmdir)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_symlink)(gfl_loop *loop, const char *target, const char *linkpath);
+    gfl_future *(*fs_link)(gfl_loop *loop, const char *existing, const char *newpath);
+    gfl_future *(*fs_fsync)(gfl_loop *loop, int fd);
+    gfl_future *(*fs_fdatasync)(gfl_loop *loop, int fd);
+    gfl_future *(*fs_ftruncate)(gfl_loop *loop, int fd, int64_t length);
+    gfl_future *(*fs_chmod)(gfl_loop *loop, const char *path, int mode);
+    gfl_future *(*fs_chown)(gfl_loop *loop, const char *path, int64_t uid, int64_t gid);
+    gfl_future *(*fs_utime)(gfl_loop *loop, const char *path, double atime, double mtime);
+    gfl_future *(*fs_scandir)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_readlink)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_realpath)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_mkdtemp)(gfl_loop *loop, const char *prefix);
+    gfl_future *(*fs_copyfile)(gfl_loop *loop, const char *from, const char *to, int flags);
+    gfl_future *(*fs_readfile)(gfl_loop *loop, const char *path);
+    gfl_future *(*fs_writefile)(gfl_loop *loop, const char *path, const void *data, size_t len, int flags);
+    int (*fs_watch)(gfl_loop *loop, const char *path, unsigned flags, gfl_fs_watch_fn callback, void *ud, gfl_release_fn release, gfl_fs_watcher **out);
+    int (*fs_watch_close)(gfl_fs_watcher *w);
+    const char *(*fs_watch_path)(const gfl_fs_watcher *w);
 };
 
 /* Whether the table `api` has the function `field`. */

@@ -147,6 +147,7 @@ struct gfl_loop {
 
     gfl_task *current_task; /* task.c */
     struct gfl_executor *executor; /* executor.c, created on first use */
+    struct gfl_fs_watcher *fs_watchers; /* fswatch.c: the open ones */
     unsigned executor_threads;
     int backend_fd; /* -1 until asked for */
     void (*before_poll)(gfl_loop *loop, void *ud);
@@ -314,6 +315,21 @@ void gfl__iopoll_renew(gfl_loop *loop);
 
 /* ---- signals.c ---- */
 void gfl__signals_close(gfl_loop *loop);
+
+/* ---- fswatch.c: file-system watchers, over one OS facility ---- */
+void gfl__fswatch_close_all(gfl_loop *loop); /* loop closing */
+
+/* The OS facility behind fswatch.c (fswatch_inotify.c on Linux; another
+ * platform supplies these three). A watch is a descriptor the loop polls
+ * for readability. */
+typedef void (*gfl__fswatch_emit_fn)(void *ctx, const char *name, int kind);
+/* A new descriptor watching `path` (>= 0), or a negative GFL code. */
+int gfl__fswatch_os_open(const char *path);
+/* Reads what is pending on fd and emits each event (kind GFL_FS_EVENT_*;
+ * name NULL for the watched path itself). Stops early when emit returns
+ * with *stop set. 0, or a negative GFL code. */
+int gfl__fswatch_os_drain(int fd, gfl__fswatch_emit_fn emit, void *ctx, const bool *stop);
+void gfl__fswatch_os_close(int fd);
 
 /* ---- executor.c ---- */
 void gfl__executor_close(gfl_loop *loop);

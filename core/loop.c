@@ -237,6 +237,7 @@ static void close_loop(gfl_loop *loop)
 
     gfl__streams_close(loop);
     gfl__executor_close(loop);
+    gfl__fswatch_close_all(loop); /* before the fd watches they use go */
     gfl__watchers_close(loop);
     gfl__signals_close(loop);
     gfl__backend_close(loop);

@@ -32,6 +32,8 @@ const char *gfl__errno_type(int err)
     case ETIMEDOUT: return "TimeoutError";
     case ENOENT: return "FileNotFoundError";
     case EEXIST: return "FileExistsError";
+    case ENOTDIR: return "NotADirectoryError";
+    case EISDIR: return "IsADirectoryError";
     case EACCES:
     case EPERM: return "PermissionError";
     case EAGAIN: return "BlockingIOError";
