@@ -169,6 +169,7 @@ void gfl_lua_open_process(lua_State *L, int internal);
 void gfl_lua_open_tls(lua_State *L, int internal);
 void gfl_lua_open_plugin(lua_State *L, int internal);
 void gfl_lua_open_export(lua_State *L, int internal);
+void gfl_lua_open_fs(lua_State *L, int internal);
 /* The state is closing: unexports what it exported (export.c). */
 void gfl_lua_unexport_all(gfl_lua_rt *rt);
 

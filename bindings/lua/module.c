@@ -683,6 +683,7 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_tls(L, internal);
     gfl_lua_open_plugin(L, internal);
     gfl_lua_open_export(L, internal);
+    gfl_lua_open_fs(L, internal);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     lua_setfield(L, gfl, "array_mt");
 
