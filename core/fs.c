@@ -37,20 +37,23 @@ struct fs_request {
     int fd, flags, mode;
     int64_t offset, uid, gid; /* offset: also ftruncate's length */
     double atime, mtime;
+    gfl_future *future; /* borrowed (the job holds it until free_request) */
+    int opened_fd;      /* open: the new descriptor, set by the worker */
 };
 
 /* ---- results (worker thread) ---- */
 
+/* As Python words it: "[Errno 2] No such file or directory: 'path'". */
 static gfl_value *os_error_path(int err, const char *path, const char *path2)
 {
-    char what[PATH_MAX * 2 + 16];
+    char msg[PATH_MAX * 2 + 128];
     if (path2)
-        snprintf(what, sizeof what, "'%s' -> '%s'", path, path2);
+        snprintf(msg, sizeof msg, "[Errno %d] %s: '%s' -> '%s'", err, strerror(err), path, path2);
     else if (path)
-        snprintf(what, sizeof what, "'%s'", path);
+        snprintf(msg, sizeof msg, "[Errno %d] %s: '%s'", err, strerror(err), path);
     else
-        what[0] = '\0';
-    return gfl__os_error(err, what[0] ? what : NULL);
+        snprintf(msg, sizeof msg, "[Errno %d] %s", err, strerror(err));
+    return gfl_value_error(gfl__errno_code(err), gfl__errno_type(err), msg, NULL);
 }
 
 static gfl_value *failure(const struct fs_request *r)
@@ -408,6 +411,7 @@ static gfl_value *run_request(void *arg)
     switch (r->op) {
     case FS_OPEN:
         rc = open(r->path, r->flags | O_CLOEXEC, (mode_t)r->mode);
+        r->opened_fd = rc;
         return rc < 0 ? failure(r) : gfl_value_int(rc);
     case FS_CLOSE:
         /* Linux frees the descriptor even when close fails (EINTR too). */
@@ -484,6 +488,11 @@ static void free_request(void *arg)
 {
     struct fs_request *r = arg;
     gfl_loop *loop = r->loop;
+    /* An open whose future was cancelled (or whose loop closed) while it
+     * ran: nobody will ever see the descriptor, so it is closed here. */
+    if (r->op == FS_OPEN && r->opened_fd >= 0 &&
+        (!r->future || gfl_future_state_of(r->future) != GFL_FUTURE_RESULT))
+        close(r->opened_fd);
     gfl__free(loop, r->path);
     gfl__free(loop, r->path2);
     gfl__free(loop, r->data);
@@ -511,6 +520,7 @@ static struct fs_request *new_request(gfl_loop *loop, enum fs_op op)
         r->op = op;
         r->fd = -1;
         r->offset = -1;
+        r->opened_fd = -1;
     }
     return r;
 }
@@ -555,6 +565,8 @@ static gfl_future *submit(struct fs_request *r)
     gfl_future *f = gfl_run_in_executor(r->loop, run_request, r, free_request);
     if (!f)
         free_request(r);
+    else
+        r->future = f; /* before any release: that runs on this thread, later */
     return f;
 }
 

@@ -389,6 +389,34 @@ Test(fs, cancel_and_close_with_operations_pending)
     }
 }
 
+static int count_fds(void)
+{
+    char path[64];
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        n += access(path, F_OK) == 0;
+    }
+    return n;
+}
+
+Test(fs, cancelled_opens_leak_no_descriptor)
+{
+    expect_int(gfl_fs_writefile(loop, in_dir("o"), "x", 1, 0));
+    int before = count_fds();
+    gfl_future *fs[64];
+    for (int i = 0; i < 64; i++)
+        cr_assert_not_null(fs[i] = gfl_fs_open(loop, in_dir("o"), O_RDONLY, 0));
+    usleep(2000); /* some run, some still wait for a worker */
+    for (int i = 0; i < 64; i++)
+        gfl_future_cancel(fs[i], NULL);
+    for (int i = 0; i < 100; i++)
+        gfl_loop_run_once(loop, 0.005);
+    for (int i = 0; i < 64; i++)
+        gfl_future_unref(fs[i]);
+    cr_expect_eq(count_fds(), before, "every descriptor opened for a cancelled future is closed");
+}
+
 /* ---- watchers ---- */
 
 struct seen {
