@@ -249,4 +249,23 @@ T.watch_a_file_close_in_callback_and_errors = with_dir(function(dir)
     w2:close()
 end)
 
+-- Left open on purpose: dropping the object does not stop it (it is
+-- anchored), and closing the state at exit closes it (valgrind-checked).
+function T.watch_left_open_until_the_state_closes()
+    local dir = (os.getenv("TMPDIR") or "/tmp")
+    local events = 0
+    do
+        assert(fs.watch(dir, function() events = events + 1 end))
+    end
+    collectgarbage()
+    collectgarbage()
+    local probe = assert(fs.mkdtemp(dir .. "/gfl-lua-fs-probe-"))
+    assert(fs.rmdir(probe))
+    for _ = 1, 200 do
+        if events >= 2 then break end
+        gfl.sleep(0.01)
+    end
+    assert(events >= 2, "still watching after the object was dropped")
+end
+
 return T
