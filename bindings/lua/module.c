@@ -15,6 +15,14 @@
 #include "globeflower_lua.h"
 #include "prelude.h"
 
+/* The build (5.1 ... luajit) and the release, set by the build system. */
+#ifndef GFL_LUA_BUILD
+#error "GFL_LUA_BUILD (the Lua this module is built for) must be defined"
+#endif
+#ifndef PACKAGE_VERSION
+#error "PACKAGE_VERSION (globeflower's version) must be defined"
+#endif
+
 const gfl_api *GFL;
 
 /* The registry slot of the runtime: a light userdata key (looked up on
@@ -692,6 +700,10 @@ int luaopen_globeflower(lua_State *L)
     lua_setfield(L, gfl, "ABI_MINOR");
     lua_pushliteral(L, LUA_VERSION);
     lua_setfield(L, gfl, "LUA_VERSION");
+    lua_pushliteral(L, GFL_LUA_BUILD);
+    lua_setfield(L, gfl, "LUA_BUILD");
+    lua_pushliteral(L, PACKAGE_VERSION);
+    lua_setfield(L, gfl, "version");
 
     for (size_t i = 0; i < sizeof gfl_lua_prelude / sizeof gfl_lua_prelude[0]; i++)
         load_chunk(L, gfl_lua_prelude[i].name, gfl_lua_prelude[i].code, gfl_lua_prelude[i].len, gfl, internal);
