@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "globeflower_lua.h"
 #include "prelude.h"
@@ -116,6 +118,103 @@ int gfl_lua_raise(lua_State *L, const char *fmt, ...)
     lua_pushvfstring(L, fmt, ap);
     va_end(ap);
     return lua_error(L);
+}
+
+/* The prelude's chunks are named "@globeflower/<file>.lua" (embed.sh). */
+static int in_module(const lua_Debug *ar)
+{
+    return strncmp(ar->source, "@globeflower/", 13) == 0;
+}
+
+void gfl_lua_where_user(lua_State *L)
+{
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar))
+            break;
+        if (ar.currentline > 0 && !in_module(&ar)) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    lua_pushliteral(L, "");
+}
+
+int gfl_lua_argerror(lua_State *L, int argn, const char *fname, const char *fmt, ...)
+{
+    gfl_lua_where_user(L);
+    lua_pushfstring(L, "bad argument #%d to '%s' (", argn, fname);
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushliteral(L, ")");
+    lua_concat(L, 4);
+    return lua_error(L);
+}
+
+int gfl_lua_typeerror(lua_State *L, int idx, int argn, const char *fname, const char *expected)
+{
+    const char *got = lua_isnone(L, idx) ? "no value" : luaL_typename(L, idx);
+    if (lua_type(L, idx) == LUA_TNUMBER && lua_tonumber(L, idx) != lua_tonumber(L, idx))
+        got = "nan";
+    return gfl_lua_argerror(L, argn, fname, "%s expected, got %s", expected, got);
+}
+
+lua_Number gfl_lua_checknumber(lua_State *L, int idx, int argn, const char *fname)
+{
+    lua_Number n = lua_tonumber(L, idx);
+    if (lua_type(L, idx) != LUA_TNUMBER || n != n)
+        gfl_lua_typeerror(L, idx, argn, fname, "number");
+    return n;
+}
+
+lua_Integer gfl_lua_checkinteger(lua_State *L, int idx, int argn, const char *fname)
+{
+    if (!gfl_isinteger(L, idx)) {
+        if (lua_type(L, idx) == LUA_TNUMBER && lua_tonumber(L, idx) == lua_tonumber(L, idx))
+            gfl_lua_argerror(L, argn, fname, "number has no integer representation");
+        gfl_lua_typeerror(L, idx, argn, fname, "integer");
+    }
+    return lua_tointeger(L, idx);
+}
+
+const char *gfl_lua_checklstring(lua_State *L, int idx, int argn, const char *fname, size_t *len)
+{
+    if (lua_type(L, idx) != LUA_TSTRING && lua_type(L, idx) != LUA_TNUMBER)
+        gfl_lua_typeerror(L, idx, argn, fname, "string");
+    return lua_tolstring(L, idx, len);
+}
+
+void gfl_lua_checkfunction(lua_State *L, int idx, int argn, const char *fname)
+{
+    if (lua_type(L, idx) != LUA_TFUNCTION)
+        gfl_lua_typeerror(L, idx, argn, fname, "function");
+}
+
+void gfl_lua_check_unix_path(lua_State *L, size_t len, int argn, const char *fname)
+{
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    if (len == 0)
+        gfl_lua_argerror(L, argn, fname, "a socket path expected, got an empty string");
+    if (len > max)
+        gfl_lua_argerror(L, argn, fname, "socket path too long: %d bytes, at most %d", (int)len, (int)max);
+}
+
+/* C.argerror(argn, fname, message): the same from the prelude. */
+static int l_argerror(lua_State *L)
+{
+    int argn = (int)luaL_checkinteger(L, 1);
+    const char *fname = luaL_checkstring(L, 2);
+    const char *msg = luaL_checkstring(L, 3);
+    return gfl_lua_argerror(L, argn, fname, "%s", msg);
+}
+
+/* C.where_user() -> "file:line: " of the user's code (or "") */
+static int l_where_user(lua_State *L)
+{
+    gfl_lua_where_user(L);
+    return 1;
 }
 
 int gfl_lua_fail(lua_State *L, const char *what, int code)
@@ -693,6 +792,10 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_export(L, internal);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     lua_setfield(L, gfl, "array_mt");
+    lua_pushcfunction(L, l_argerror);
+    lua_setfield(L, internal, "argerror");
+    lua_pushcfunction(L, l_where_user);
+    lua_setfield(L, internal, "where_user");
 
     lua_pushinteger(L, GFL_ABI_MAJOR);
     lua_setfield(L, gfl, "ABI_MAJOR");
