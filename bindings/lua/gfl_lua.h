@@ -169,6 +169,9 @@ void gfl_lua_open_process(lua_State *L, int internal);
 void gfl_lua_open_tls(lua_State *L, int internal);
 void gfl_lua_open_plugin(lua_State *L, int internal);
 void gfl_lua_open_export(lua_State *L, int internal);
+void gfl_lua_open_poll(lua_State *L, int internal);
+void gfl_lua_open_tty(lua_State *L, int internal);
+void gfl_lua_open_work(lua_State *L, int internal);
 /* The state is closing: unexports what it exported (export.c). */
 void gfl_lua_unexport_all(gfl_lua_rt *rt);
 

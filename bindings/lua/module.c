@@ -790,6 +790,9 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_tls(L, internal);
     gfl_lua_open_plugin(L, internal);
     gfl_lua_open_export(L, internal);
+    gfl_lua_open_poll(L, internal);
+    gfl_lua_open_tty(L, internal);
+    gfl_lua_open_work(L, internal);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     lua_setfield(L, gfl, "array_mt");
     lua_pushcfunction(L, l_argerror);

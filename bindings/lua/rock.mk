@@ -13,7 +13,7 @@ GFL_VERSION := $(shell $(PKG_CONFIG) --modversion globeflower)
 LUA_BUILD := $(shell if [ -e "$(LUA_INCDIR)/luajit.h" ]; then echo luajit; else \
 	sed -n 's/^\#define LUA_VERSION_NUM[^0-9]*\([0-9]\)0\([0-9]\).*/\1.\2/p' "$(LUA_INCDIR)/lua.h"; fi)
 SOURCES = $(filter-out $(SRC)/dispatch.c,$(wildcard $(SRC)/*.c))
-CHUNKS = $(SRC)/lua/core.lua $(SRC)/lua/stream.lua $(SRC)/lua/sync.lua $(SRC)/lua/transports.lua
+CHUNKS = $(SRC)/lua/core.lua $(SRC)/lua/stream.lua $(SRC)/lua/sync.lua $(SRC)/lua/transports.lua $(SRC)/lua/system.lua
 
 all: globeflower.so
 
