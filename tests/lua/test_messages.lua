@@ -314,6 +314,15 @@ function T.getaddrinfo_unknown_key()
     fails_with([[bad argument #3 to 'getaddrinfo' (unknown option "famly")]], gfl.getaddrinfo, "localhost", 80, { famly = 2 })
 end
 
+-- A DNS failure's message never names a number other than its code.
+function T.dns_code_agrees_with_message()
+    local r, msg, code = gfl.getaddrinfo("localhost", "no-such-service-name")
+    assert(r == nil and type(code) == "number" and code < 0, tostring(msg))
+    assert(msg:find("^gaierror: "), msg)
+    local n = msg:match("%[Errno (%-?%d+)%]")
+    assert(n == nil or tonumber(n) == code, msg .. " / " .. code)
+end
+
 -- Nothing of a refused call is left behind: the loop goes on and a later
 -- valid call works.
 function T.refused_calls_leave_nothing()
