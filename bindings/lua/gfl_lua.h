@@ -172,6 +172,14 @@ void gfl_lua_open_export(lua_State *L, int internal);
 void gfl_lua_open_poll(lua_State *L, int internal);
 void gfl_lua_open_tty(lua_State *L, int internal);
 void gfl_lua_open_work(lua_State *L, int internal);
+void gfl_lua_open_channel(lua_State *L, int internal);
+void gfl_lua_open_thread(lua_State *L, int internal);
+
+/* Channels between threads (channel.c): they cross as themselves. */
+struct gfl_lua_chan;
+extern const gfl_host_class gfl_lua_channel_class;
+void gfl_lua_push_channel(lua_State *L, struct gfl_lua_chan *c);
+struct gfl_lua_chan *gfl_lua_to_channel(lua_State *L, int idx);
 /* The state is closing: unexports what it exported (export.c). */
 void gfl_lua_unexport_all(gfl_lua_rt *rt);
 

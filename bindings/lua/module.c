@@ -793,6 +793,8 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_poll(L, internal);
     gfl_lua_open_tty(L, internal);
     gfl_lua_open_work(L, internal);
+    gfl_lua_open_channel(L, internal);
+    gfl_lua_open_thread(L, internal);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     lua_setfield(L, gfl, "array_mt");
     lua_pushcfunction(L, l_argerror);

@@ -136,3 +136,51 @@ function gfl.work(fn, ...)
     local t = C.work(code, name, ...):await()
     return unpack(t, 2, t[1] + 1)
 end
+
+---------------------------------------------------------------------------
+-- Threads with a loop of their own, and channels between them
+
+local Channel = C.Channel
+
+--- gfl.channel() -> a channel: ch:send(v) (never blocks), ch:recv() (waits
+--- inside a task), ch:close(), ch:len(), ch:is_closed(); it crosses to
+--- other threads (gfl.thread arguments) as itself
+gfl.channel = C.channel
+
+--- ch:recv() -> the next value (sent in order) | nil, msg, code once the
+--- channel is closed and empty
+function Channel:recv()
+    check_task_for("recv")
+    while true do
+        local ok, v, code = self:_try_recv()
+        if ok then
+            return v
+        end
+        if ok == nil then
+            return nil, v, code
+        end
+        v:await()
+    end
+end
+
+local Thread = {}
+Thread.__index = Thread
+
+--- gfl.thread(fn, ...) -> a thread running fn(...) as the main task of a
+--- new Lua state with its own loop (gfl.run) on a new OS thread
+function gfl.thread(fn, ...)
+    local code, name = dump("thread", fn)
+    return setmetatable({ _f = C.thread(code, name, ...) }, Thread)
+end
+
+--- thread:join() -> fn's results (waits, inside a task); raises its error
+function Thread:join()
+    check_task_for("join")
+    local t = self._f:await()
+    return unpack(t, 2, t[1] + 1)
+end
+
+--- thread:done() -> true once the thread finished
+function Thread:done()
+    return self._f:done()
+end
