@@ -622,7 +622,8 @@ static int l_array(lua_State *L)
         lua_newtable(L);
         lua_replace(L, 1);
     }
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1))
+        gfl_lua_typeerror(L, 1, 1, "array", "table");
     lua_settop(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     if (lua_getmetatable(L, 1)) {

@@ -437,7 +437,7 @@ static int l_set_exception_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
     if (!lua_isnoneornil(L, 1))
-        luaL_checktype(L, 1, LUA_TFUNCTION);
+        gfl_lua_checkfunction(L, 1, 1, "set_exception_handler");
     luaL_unref(L, LUA_REGISTRYINDEX, rt->ref_handler);
     rt->ref_handler = LUA_NOREF;
     if (lua_isnoneornil(L, 1))
@@ -454,7 +454,7 @@ static int l_set_exception_handler(lua_State *L)
 static int l_call_exception_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    const char *message = luaL_checkstring(L, 1);
+    const char *message = gfl_lua_checklstring(L, 1, 1, "call_exception_handler", NULL);
     gfl_value *e = lua_isnoneornil(L, 2) ? NULL : gfl_lua_error_value(L, 2, NULL);
     GFL->loop_call_exception_handler(rt->loop, message, e);
     if (e)
@@ -529,9 +529,9 @@ static int pumped(lua_State *L, gfl_lua_rt *rt, const char *what, int n)
 static int l_run_for(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    double budget = luaL_checknumber(L, 1);
+    double budget = gfl_lua_checknumber(L, 1, 1, "run_for");
     if (!(budget >= 0))
-        return luaL_argerror(L, 1, "a number of seconds >= 0 expected");
+        return gfl_lua_argerror(L, 1, "run_for", "a number of seconds >= 0 expected");
     check_outside_loop(L, rt, "gfl.run_for");
     gfl_lua_rt_collect(rt);
     return pumped(L, rt, "run_for", GFL->loop_run_for(rt->loop, budget));
@@ -540,7 +540,7 @@ static int l_run_for(lua_State *L)
 static int loop_run_once(lua_State *L)
 {
     gfl_lua_rt *rt = check_loop(L);
-    double timeout = luaL_optnumber(L, 2, 0);
+    double timeout = lua_isnoneornil(L, 2) ? 0 : gfl_lua_checknumber(L, 2, 1, "run_once");
     check_outside_loop(L, rt, "run_once");
     gfl_lua_rt_collect(rt);
     return pumped(L, rt, "run_once", GFL->loop_run_once(rt->loop, timeout));

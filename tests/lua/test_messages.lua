@@ -314,6 +314,39 @@ function T.getaddrinfo_unknown_key()
     fails_with([[bad argument #3 to 'getaddrinfo' (unknown option "famly")]], gfl.getaddrinfo, "localhost", 80, { famly = 2 })
 end
 
+function T.getnameinfo_bad_host()
+    fails_with("bad argument #1 to 'getnameinfo' (numeric address expected, got table)", gfl.getnameinfo, {}, 80)
+end
+
+function T.start_server_bad_host()
+    fails_with("bad argument #2 to 'start_server' (host name or address expected, got table)",
+        gfl.start_server, function() end, {}, 0)
+end
+
+function T.wrap_datagram_fd_not_an_fd()
+    fails_with("bad argument #1 to 'wrap_datagram_fd' (file descriptor expected, got string)", gfl.wrap_datagram_fd, "x")
+end
+
+function T.waiting_method_with_a_dot()
+    local r, w, p = streams()
+    fails_with("calling 'readline' on bad self (nil): use x:readline(...)", r.readline)
+    fails_with("calling 'read' on bad self (nil): use x:read(...)", r.read)
+    w:close()
+    p:close()
+end
+
+function T.run_for_and_array_names()
+    fails_with("bad argument #1 to 'run_for' (number expected, got string)", gfl.run_for, "x")
+    fails_with("bad argument #1 to 'array' (table expected, got number)", gfl.array, 1)
+    fails_with("bad argument #1 to 'call' (string expected, got number)", gfl.call, 42)
+    fails_with("bad argument #2 to 'export' (function expected, got no value)", gfl.export, "x.y")
+end
+
+function T.subprocess_bad_env()
+    fails_with("bad argument #2 to 'subprocess' (option 'env': a table of environment variables",
+        gfl.subprocess, { "true" }, { env = { 1, 2 } })
+end
+
 -- A DNS failure's message never names a number other than its code.
 function T.dns_code_agrees_with_message()
     local r, msg, code = gfl.getaddrinfo("localhost", "no-such-service-name")

@@ -108,8 +108,12 @@ end
 -- more than the rest of the call on 5.4): the methods answer with at most
 -- 4 values, and the wrapper gives back exactly as many as they did (an
 -- answer, or nil, msg, code [, partial]).
-local function waiting(method)
+local function waiting(method, name)
     return function(self, a1, a2)
+        if type(self) ~= "userdata" then
+            error(C.where_user() .. "calling '" .. name .. "' on bad self (" .. type(self) ..
+                "): use x:" .. name .. "(...)", 0)
+        end
         local r, w, c, p = method(self, a1, a2)
         while r == false do
             local ok, err = yield(WAIT, w)
@@ -137,6 +141,9 @@ C.waiting = waiting
 --- every coroutine-style server)
 local _read = Stream._read
 function Stream.read(self, n)
+    if type(self) ~= "userdata" then
+        error(C.where_user() .. "calling 'read' on bad self (" .. type(self) .. "): use x:read(...)", 0)
+    end
     local r, w, code = _read(self, n)
     if r then
         return r
@@ -154,11 +161,11 @@ function Stream.read(self, n)
     return r, w, code
 end
 --- stream:readexactly(n) -> n bytes, or nil, msg, code, partial at EOF
-Stream.readexactly = waiting(Stream._readexactly)
+Stream.readexactly = waiting(Stream._readexactly, "readexactly")
 --- stream:readuntil([sep]) -> data ending with sep, or nil, msg, code, partial
-Stream.readuntil = waiting(Stream._readuntil)
+Stream.readuntil = waiting(Stream._readuntil, "readuntil")
 --- stream:readline() -> a line with its "\n" (the rest at EOF; "" after)
-Stream.readline = waiting(Stream._readline)
+Stream.readline = waiting(Stream._readline, "readline")
 --- stream:drain() -> true once the write buffer is below its high mark
 local _drain = Stream._drain
 function Stream.drain(self)
@@ -179,7 +186,7 @@ function Stream.drain(self)
     return r, w, code
 end
 --- stream:wait_closed() -> true once the connection is gone
-Stream.wait_closed = waiting(Stream._wait_closed)
+Stream.wait_closed = waiting(Stream._wait_closed, "wait_closed")
 
 --- stream:lines() -> iterator over lines (without "\n"); use only on Lua
 --- 5.2+ and LuaJIT (Lua 5.1 cannot yield inside a for-in iterator)
@@ -241,6 +248,7 @@ function gfl.start_server(handler, host, port, opts)
     if type(handler) ~= "function" then
         argerror(1, "start_server", "handler function expected, got " .. typeof(handler))
     end
+    check_host("start_server", 2, host)
     check_port("start_server", 3, port)
     check_options("start_server", 4, opts, SERVE)
     check_task_for("start_server")
@@ -319,6 +327,9 @@ end
 --- gfl.create_unix_connection(factory, path) -> transport, protocol | nil, msg, code
 function gfl.create_unix_connection(factory, path)
     factory = check_factory("create_unix_connection", factory)
+    if type(path) ~= "string" then
+        argerror(2, "create_unix_connection", "socket path expected, got " .. typeof(path))
+    end
     check_task_for("create_unix_connection")
     return proto_connected(C.create_unix_connection(factory, path))
 end
@@ -326,6 +337,7 @@ end
 --- gfl.create_server(factory, host, port [, opts]) -> server | nil, msg, code
 function gfl.create_server(factory, host, port, opts)
     factory = check_factory("create_server", factory)
+    check_host("create_server", 2, host)
     check_port("create_server", 3, port)
     check_options("create_server", 4, opts, SERVE)
     check_task_for("create_server")
@@ -363,6 +375,13 @@ end
 
 --- gfl.getnameinfo(host, port [, flags]) -> host, service | nil, msg, code
 function gfl.getnameinfo(host, port, flags)
+    if type(host) ~= "string" then
+        argerror(1, "getnameinfo", "numeric address expected, got " .. typeof(host))
+    end
+    check_port("getnameinfo", 2, port)
+    if flags ~= nil and V.natural(flags) then
+        argerror(3, "getnameinfo", "flags (an integer >= 0) expected, got " .. typeof(flags))
+    end
     check_task_for("getnameinfo")
     local f = C.getnameinfo(host, port, flags)
     if not f:done() then

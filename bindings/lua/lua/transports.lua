@@ -23,13 +23,13 @@ end
 -- UDP
 
 --- ep:recvfrom() -> data, host, port (Unix: data, path) | nil, msg, code
-Datagram.recvfrom = waiting(Datagram._recvfrom)
+Datagram.recvfrom = waiting(Datagram._recvfrom, "recvfrom")
 --- ep:recv() -> data | nil, msg, code
-Datagram.recv = waiting(Datagram._recv)
+Datagram.recv = waiting(Datagram._recv, "recv")
 --- ep:drain() -> true once the queue of unsent datagrams is below its high mark
-Datagram.drain = waiting(Datagram._drain)
+Datagram.drain = waiting(Datagram._drain, "drain")
 --- ep:wait_closed() -> true once the endpoint is closed
-Datagram.wait_closed = waiting(Datagram._wait_closed)
+Datagram.wait_closed = waiting(Datagram._wait_closed, "wait_closed")
 --- ep:send(data): to the connected peer (remote_host/remote_port)
 function Datagram:send(data)
     return self:sendto(data)
@@ -65,6 +65,9 @@ end
 
 --- gfl.wrap_datagram_fd(fd) -> endpoint | nil, msg, code: takes over a datagram socket
 function gfl.wrap_datagram_fd(fd)
+    if V.natural(fd) then
+        argerror(1, "wrap_datagram_fd", "file descriptor expected, got " .. typeof(fd))
+    end
     check_task_for("wrap_datagram_fd")
     return started(C.wrap_datagram_fd(fd))
 end
@@ -141,7 +144,13 @@ local SUBPROCESS = {
         end
     end,
     env = function(v)
-        if type(v) ~= "table" then return "a table of environment variables" end
+        local what = 'a table of environment variables ({NAME = "value"} or {"NAME=value"})'
+        if type(v) ~= "table" then return what end
+        for k, x in pairs(v) do
+            if type(x) ~= "string" or (type(k) ~= "string" and (type(k) ~= "number" or not x:find("=", 1, true))) then
+                return what
+            end
+        end
     end,
     cwd = V.string, file = V.string, start_new_session = V.boolean, process_group = V.integer,
     pass_fds = function(v)
