@@ -522,7 +522,7 @@ GFL_EXPORT gfl_value *gfl_loop_take_interrupt(gfl_loop *loop);
 GFL_EXPORT gfl_loop *gfl_loop_acquire(const void *candidate);
 
 /* ------------------------------------------------------------------ */
-/* The function table (see DESIGN.md "The stable ABI")                 */
+/* The function table (see docs/c.md, "Bindings and plugins: gfl_api") */
 
 typedef struct gfl_api gfl_api;
 GFL_EXPORT const gfl_api *gfl_api_get(void);
