@@ -364,4 +364,38 @@ function T.channel_cancelled_receiver_loses_nothing()
     assert(ch:recv() == 42)
 end
 
+---------------------------------------------------------------------------
+-- gfl.idle
+
+function T.idle_runs_once_per_iteration_until_stopped()
+    local n = 0
+    local idle = gfl.idle()
+    assert(idle:start(function(h) n = n + 1 assert(h == idle) end))
+    assert(idle:is_active())
+    for _ = 1, 5 do gfl.sleep(0) end
+    idle:stop()
+    local at_stop = n
+    for _ = 1, 3 do gfl.sleep(0) end
+    assert(at_stop >= 4 and at_stop <= 6 and n == at_stop, n .. " " .. at_stop)
+    -- restart after a stop: one chain, not two
+    idle:start(function() n = n + 1 end)
+    idle:stop()
+    idle:start(function() n = n + 1 end)
+    local before = n
+    for _ = 1, 4 do gfl.sleep(0) end
+    idle:stop()
+    assert(n - before <= 5, n - before)
+    fails_with("bad argument #1 to 'start' (function expected, got nil)", idle.start, idle)
+end
+
+function T.idle_keeps_the_loop_from_blocking()
+    local idle = gfl.idle()
+    local n = 0
+    idle:start(function() n = n + 1 end)
+    local t0 = gfl.time()
+    gfl.sleep(0.05) -- iterations keep running while we sleep
+    idle:stop()
+    assert(n > 5 and gfl.time() - t0 < 1, n)
+end
+
 return T

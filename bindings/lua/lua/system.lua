@@ -184,3 +184,49 @@ end
 function Thread:done()
     return self._f:done()
 end
+
+---------------------------------------------------------------------------
+-- Idle callbacks (luv's idle handle): fn(idle) once per loop iteration
+-- while started; the loop does not block meanwhile.
+
+local Idle = {}
+Idle.__index = Idle
+
+--- gfl.idle() -> a stopped idle handle: :start(fn), :stop(), :is_active()
+function gfl.idle()
+    return setmetatable({ _active = false, _gen = 0 }, Idle)
+end
+
+function Idle:start(fn)
+    if getmetatable(self) ~= Idle then
+        error(C.where_user() .. "calling 'start' on bad self: use idle:start(fn)", 0)
+    end
+    if type(fn) ~= "function" then
+        argerror(1, "start", "function expected, got " .. typeof(fn))
+    end
+    self._fn = fn
+    if self._active then
+        return true
+    end
+    self._active = true
+    self._gen = self._gen + 1
+    local gen = self._gen
+    local function tick()
+        -- a stop (and a later start) ends this chain
+        if not self._active or self._gen ~= gen then
+            return
+        end
+        C.call_soon(tick)
+        self._fn(self)
+    end
+    C.call_soon(tick)
+    return true
+end
+
+function Idle:stop()
+    self._active = false
+end
+
+function Idle:is_active()
+    return self._active
+end
