@@ -36,17 +36,23 @@ DEB_PACKAGES=(
     # Lua binding (--with-lua, see GFL_LUA below): headers and interpreters
     # for each Lua it is built and tested with, and the peers of its benches.
     liblua5.1-0-dev
+    liblua5.2-dev
+    liblua5.3-dev
     liblua5.4-dev
     libluajit-5.1-dev
     lua5.1
+    lua5.2
+    lua5.3
     lua5.4
     luajit
     lua-luv
     lua-cqueues
+    # the rockspec's test (luarocks make into a temporary tree)
+    luarocks
 )
 
 # The Luas the Lua module is built and tested for (configure --with-lua).
-GFL_LUA=${GFL_LUA:-lua5.1,lua5.4,luajit}
+GFL_LUA=${GFL_LUA:-lua5.1,lua5.2,lua5.3,lua5.4,luajit}
 
 JOBS=${JOBS:-2}
 

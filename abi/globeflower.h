@@ -544,7 +544,7 @@ GFL_EXPORT gfl_loop *gfl_loop_acquire(const void *candidate);
 GFL_EXPORT int gfl_loop_at_run_end(gfl_loop *loop, gfl_callback fn, void *arg);
 
 /* ------------------------------------------------------------------ */
-/* The function table (see DESIGN.md "The stable ABI")                 */
+/* The function table (see docs/c.md, "Bindings and plugins: gfl_api") */
 
 typedef struct gfl_api gfl_api;
 GFL_EXPORT const gfl_api *gfl_api_get(void);

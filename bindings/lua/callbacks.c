@@ -61,9 +61,9 @@ static void callback_run(void *arg)
 }
 
 /* Packs stack values [first, top] (fn and args) into a callback. */
-static struct lua_callback *pack_callback(lua_State *L, gfl_lua_rt *rt, int first)
+static struct lua_callback *pack_callback(lua_State *L, gfl_lua_rt *rt, int first, const char *fname)
 {
-    luaL_checktype(L, first, LUA_TFUNCTION);
+    gfl_lua_checkfunction(L, first, first, fname);
     int top = lua_gettop(L);
     struct lua_callback *cb = malloc(sizeof *cb);
     if (!cb) {
@@ -93,10 +93,10 @@ static int push_handle(lua_State *L, gfl_handle h, double when)
     return 1;
 }
 
-static int schedule(lua_State *L, int first, double when)
+static int schedule(lua_State *L, int first, double when, const char *fname)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    struct lua_callback *cb = pack_callback(L, rt, first);
+    struct lua_callback *cb = pack_callback(L, rt, first, fname);
     gfl_handle h = when < 0 ? GFL->call_soon_ex(rt->loop, callback_run, cb, callback_release)
                             : GFL->call_at_ex(rt->loop, when, callback_run, cb, callback_release);
     if (h < 0) {
@@ -109,22 +109,22 @@ static int schedule(lua_State *L, int first, double when)
 /* gfl.call_soon(fn, ...) -> handle */
 static int l_call_soon(lua_State *L)
 {
-    return schedule(L, 1, -1);
+    return schedule(L, 1, -1, "call_soon");
 }
 
 /* gfl.call_later(delay, fn, ...) -> handle */
 static int l_call_later(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    double delay = luaL_checknumber(L, 1);
-    return schedule(L, 2, GFL->loop_time(rt->loop) + (delay > 0 ? delay : 0));
+    double delay = gfl_lua_checknumber(L, 1, 1, "call_later");
+    return schedule(L, 2, GFL->loop_time(rt->loop) + (delay > 0 ? delay : 0), "call_later");
 }
 
 /* gfl.call_at(when, fn, ...) -> handle (when on the gfl.time() clock) */
 static int l_call_at(lua_State *L)
 {
-    double when = luaL_checknumber(L, 1);
-    return schedule(L, 2, when > 0 ? when : 0);
+    double when = gfl_lua_checknumber(L, 1, 1, "call_at");
+    return schedule(L, 2, when > 0 ? when : 0, "call_at");
 }
 
 static int handle_cancel(lua_State *L)
@@ -213,16 +213,19 @@ static const struct {
     {"SIGIO", SIGIO},
 };
 
-int gfl_lua_check_signal(lua_State *L, int idx)
+int gfl_lua_check_signal(lua_State *L, int idx, int argn, const char *fname)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
         const char *name = lua_tostring(L, idx);
         for (size_t i = 0; i < sizeof signal_names / sizeof signal_names[0]; i++)
             if (strcmp(name, signal_names[i].name) == 0 || strcmp(name, signal_names[i].name + 3) == 0)
                 return signal_names[i].num;
-        return luaL_argerror(L, idx, "unknown signal name");
+        return gfl_lua_argerror(L, argn, fname, "unknown signal name '%s'", name);
     }
-    return (int)luaL_checkinteger(L, idx);
+    lua_Integer n = gfl_lua_checkinteger(L, idx, argn, fname);
+    if (n <= 0 || n >= 65)
+        return gfl_lua_argerror(L, argn, fname, "no signal has the number %d", (int)n);
+    return (int)n;
 }
 
 #define SIGNALS_KEY "globeflower.signals"
@@ -259,8 +262,8 @@ static int signal_box_gc(lua_State *L)
 static int l_add_signal_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    int signum = gfl_lua_check_signal(L, 1);
-    struct lua_callback *cb = pack_callback(L, rt, 2);
+    int signum = gfl_lua_check_signal(L, 1, 1, "add_signal_handler");
+    struct lua_callback *cb = pack_callback(L, rt, 2, "add_signal_handler");
     struct lua_callback **box = gfl_newuserdata(L, sizeof *box);
     *box = cb;
     lua_newtable(L);
@@ -300,7 +303,7 @@ static int l_add_signal_handler(lua_State *L)
 static int l_remove_signal_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    int signum = gfl_lua_check_signal(L, 1);
+    int signum = gfl_lua_check_signal(L, 1, 1, "remove_signal_handler");
     int rc = GFL->remove_signal_handler(rt->loop, signum);
     lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
     lua_pushinteger(L, signum);

@@ -354,7 +354,11 @@ static gfl_value *to_value(struct conv *c, int idx, int level)
         return table_value(c, idx, level);
     case LUA_TUSERDATA: {
         gfl_value *foreign = gfl_lua_to_foreign(L, idx);
-        v = foreign ? GFL->value_ref(foreign) : gfl_lua_object_value(L, idx);
+        struct gfl_lua_chan *chan = foreign ? NULL : gfl_lua_to_channel(L, idx);
+        if (chan) /* a channel crosses as itself (channel.c) */
+            v = GFL->value_object(&gfl_lua_channel_class, chan);
+        else
+            v = foreign ? GFL->value_ref(foreign) : gfl_lua_object_value(L, idx);
         break;
     }
     default: /* functions, coroutines, light userdata */
@@ -572,10 +576,14 @@ static int push_value(struct conv *c, gfl_value *v)
         return push_array(c, v);
     case GFL_VALUE_MAP:
         return push_map(c, v);
-    case GFL_VALUE_OBJECT:
-        if (!gfl_lua_push_own_object(L, v))
+    case GFL_VALUE_OBJECT: {
+        void *chan;
+        if (GFL->value_get_object(v, &gfl_lua_channel_class, &chan) == 0)
+            gfl_lua_push_channel(L, chan);
+        else if (!gfl_lua_push_own_object(L, v))
             gfl_lua_push_foreign(L, v);
         return 1;
+    }
     default:
         fail(c, "a value of an unknown type");
         return 0;
@@ -614,7 +622,8 @@ static int l_array(lua_State *L)
         lua_newtable(L);
         lua_replace(L, 1);
     }
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1))
+        gfl_lua_typeerror(L, 1, 1, "array", "table");
     lua_settop(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     if (lua_getmetatable(L, 1)) {

@@ -123,6 +123,29 @@ static int l_getaddrinfo(lua_State *L)
     return 1;
 }
 
+/* nil, "gaierror: <resolver's text>", code. The core's message carries the
+ * resolver's own number ("[Errno -8] Servname not supported ..."), which
+ * is not the code returned (-2, an errno-style code like every other
+ * failure's): that number is left out so the two never disagree. */
+static int push_dns_failure(lua_State *L, gfl_value *v)
+{
+    int n = gfl_lua_push_failure_value(L, v);
+    const char *msg = lua_tostring(L, -2);
+    const char *open = msg ? strstr(msg, "[Errno ") : NULL;
+    const char *close = open ? strstr(open, "] ") : NULL;
+    if (close) {
+        char *end;
+        long num = strtol(open + 7, &end, 10);
+        if (end == close && num != lua_tointeger(L, -1)) {
+            lua_pushlstring(L, msg, (size_t)(open - msg));
+            lua_pushstring(L, close + 2);
+            lua_concat(L, 2);
+            lua_replace(L, -3);
+        }
+    }
+    return n;
+}
+
 /* internal: addrinfo_result(future) -> list, or nil, msg, code */
 static int l_addrinfo_result(lua_State *L)
 {
@@ -132,7 +155,7 @@ static int l_addrinfo_result(lua_State *L)
     gfl_value *v = GFL->future_value(f);
     void *obj;
     if (GFL->future_state_of(f) != GFL_FUTURE_RESULT || GFL->value_get_object(v, GFL->addrinfo_class(), &obj) < 0)
-        return gfl_lua_push_failure_value(L, v);
+        return push_dns_failure(L, v);
     const gfl_addrinfo *ai = obj;
     int n = GFL->addrinfo_count(ai);
     lua_createtable(L, n, 0);
@@ -191,7 +214,7 @@ static int l_nameinfo_result(lua_State *L)
     gfl_value *v = GFL->future_value(f);
     void *obj;
     if (GFL->future_state_of(f) != GFL_FUTURE_RESULT || GFL->value_get_object(v, GFL->nameinfo_class(), &obj) < 0)
-        return gfl_lua_push_failure_value(L, v);
+        return push_dns_failure(L, v);
     lua_pushstring(L, GFL->nameinfo_host(obj));
     lua_pushstring(L, GFL->nameinfo_service(obj));
     return 2;

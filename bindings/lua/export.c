@@ -126,7 +126,9 @@ static gfl_future *export_call(void *ud, gfl_loop *loop, gfl_value *const *args,
 static const char *check_name(lua_State *L, int idx, const char *what)
 {
     size_t len;
-    const char *name = luaL_checklstring(L, idx, &len);
+    if (lua_type(L, idx) != LUA_TSTRING)
+        gfl_lua_typeerror(L, idx, idx, strncmp(what, "gfl.", 4) == 0 ? what + 4 : what, "string");
+    const char *name = lua_tolstring(L, idx, &len);
     if (strlen(name) != len)
         luaL_error(L, "%s: invalid name (it contains a NUL byte)", what);
     return name;
@@ -155,7 +157,7 @@ static int l_export(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
     const char *name = check_name(L, 1, "gfl.export");
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+    gfl_lua_checkfunction(L, 2, 2, "export");
     size_t len = strlen(name);
     struct gfl_lua_export *x = malloc(sizeof *x + len + 1);
     if (!x)

@@ -39,7 +39,7 @@ static bool arg_fail(struct args *a, int idx, const char *fmt, const char *detai
     if (!a->failed) {
         char what[160];
         snprintf(what, sizeof what, fmt, detail);
-        snprintf(a->err, sizeof a->err, "bad argument #%d to 'gfl.fs.%s' (%s)", idx - 1, a->op, what);
+        snprintf(a->err, sizeof a->err, "bad argument #%d to 'fs.%s' (%s)", idx - 1, a->op, what);
         a->failed = true;
     }
     return false;
@@ -184,7 +184,8 @@ static int arg_bool_options(struct args *a, int idx, const char *const *keys, co
 static bool no_more_args(struct args *a, int last)
 {
     if (lua_gettop(a->L) > last && !a->failed) {
-        snprintf(a->err, sizeof a->err, "gfl.fs.%s: too many arguments (%d expected at most)", a->op, last - 1);
+        snprintf(a->err, sizeof a->err, "bad argument #%d to 'fs.%s' (no value expected, got %s)", last, a->op,
+                 lua_typename(a->L, lua_type(a->L, last + 1)));
         a->failed = true;
     }
     return !a->failed;
@@ -295,7 +296,7 @@ static int l_fs_start(lua_State *L)
         return 2;
     }
     if (!f) /* arguments were checked: the loop is closed (or no memory) */
-        return gfl_lua_raise(L, "gfl.fs.%s: the loop is closed", op);
+        return gfl_lua_raise(L, "fs.%s: the loop is closed", op);
     gfl_lua_future_push(L, rt, f);
     GFL->future_unref(f);
     return 1;
@@ -485,6 +486,9 @@ static const luaL_Reg functions[] = {
 
 void gfl_lua_open_fs(lua_State *L, int internal)
 {
+    /* A core older than ABI 1.5 has no fs_* fields: no gfl.fs then. */
+    if (!GFL_API_HAS(GFL, fs_watch_path))
+        return;
     gfl_lua_newclass(L, WATCHER_MT, watch_methods, l_watch_gc);
     luaL_getmetatable(L, WATCHER_MT);
     lua_pushcfunction(L, l_watch_tostring);

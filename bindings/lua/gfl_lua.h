@@ -170,6 +170,17 @@ void gfl_lua_open_tls(lua_State *L, int internal);
 void gfl_lua_open_plugin(lua_State *L, int internal);
 void gfl_lua_open_export(lua_State *L, int internal);
 void gfl_lua_open_fs(lua_State *L, int internal);
+void gfl_lua_open_poll(lua_State *L, int internal);
+void gfl_lua_open_tty(lua_State *L, int internal);
+void gfl_lua_open_work(lua_State *L, int internal);
+void gfl_lua_open_channel(lua_State *L, int internal);
+void gfl_lua_open_thread(lua_State *L, int internal);
+
+/* Channels between threads (channel.c): they cross as themselves. */
+struct gfl_lua_chan;
+extern const gfl_host_class gfl_lua_channel_class;
+void gfl_lua_push_channel(lua_State *L, struct gfl_lua_chan *c);
+struct gfl_lua_chan *gfl_lua_to_channel(lua_State *L, int idx);
 /* The state is closing: unexports what it exported (export.c). */
 void gfl_lua_unexport_all(gfl_lua_rt *rt);
 
@@ -214,7 +225,25 @@ int gfl_lua_push_sockaddr(lua_State *L, const void *addr, size_t len);
  * input. */
 int gfl_lua_to_sockaddr(lua_State *L, int idx, int family, struct sockaddr_storage *ss, socklen_t *len);
 /* A signal number from a number or a name ("SIGTERM", "TERM") at idx. */
-int gfl_lua_check_signal(lua_State *L, int idx);
+int gfl_lua_check_signal(lua_State *L, int idx, int argn, const char *fname);
+/* Argument errors that name the public function and the argument as the
+ * user wrote them (`bad argument #1 to 'sleep' (number expected, got
+ * string)`), positioned at the innermost frame outside the module: C
+ * functions reached through the prelude, or as methods, would otherwise be
+ * named '?', 'method' or by an internal name, differently per Lua. */
+int gfl_lua_argerror(lua_State *L, int argn, const char *fname, const char *fmt, ...);
+/* "<type> expected, got <type of idx>" as such an error. */
+int gfl_lua_typeerror(lua_State *L, int idx, int argn, const char *fname, const char *expected);
+/* Checks of the value at `idx`, reported as argument `argn` of `fname`.
+ * Numbers must not be NaN; integers must be integral. */
+lua_Number gfl_lua_checknumber(lua_State *L, int idx, int argn, const char *fname);
+lua_Integer gfl_lua_checkinteger(lua_State *L, int idx, int argn, const char *fname);
+const char *gfl_lua_checklstring(lua_State *L, int idx, int argn, const char *fname, size_t *len);
+void gfl_lua_checkfunction(lua_State *L, int idx, int argn, const char *fname);
+/* A Unix socket path of `len` bytes must fit sockaddr_un (raises). */
+void gfl_lua_check_unix_path(lua_State *L, size_t len, int argn, const char *fname);
+/* Pushes "file:line: " of the innermost frame outside the module, or "". */
+void gfl_lua_where_user(lua_State *L);
 /* Options table field helpers (idx may be 0 for "no table"). */
 const char *gfl_lua_opt_string(lua_State *L, int idx, const char *key, const char *def);
 double gfl_lua_opt_number(lua_State *L, int idx, const char *key, double def);

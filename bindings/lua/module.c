@@ -11,9 +11,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "globeflower_lua.h"
 #include "prelude.h"
+
+/* The build (5.1 ... luajit) and the release, set by the build system. */
+#ifndef GFL_LUA_BUILD
+#error "GFL_LUA_BUILD (the Lua this module is built for) must be defined"
+#endif
+#ifndef PACKAGE_VERSION
+#error "PACKAGE_VERSION (globeflower's version) must be defined"
+#endif
 
 const gfl_api *GFL;
 
@@ -108,6 +118,103 @@ int gfl_lua_raise(lua_State *L, const char *fmt, ...)
     lua_pushvfstring(L, fmt, ap);
     va_end(ap);
     return lua_error(L);
+}
+
+/* The prelude's chunks are named "@globeflower/<file>.lua" (embed.sh). */
+static int in_module(const lua_Debug *ar)
+{
+    return strncmp(ar->source, "@globeflower/", 13) == 0;
+}
+
+void gfl_lua_where_user(lua_State *L)
+{
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar))
+            break;
+        if (ar.currentline > 0 && !in_module(&ar)) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    lua_pushliteral(L, "");
+}
+
+int gfl_lua_argerror(lua_State *L, int argn, const char *fname, const char *fmt, ...)
+{
+    gfl_lua_where_user(L);
+    lua_pushfstring(L, "bad argument #%d to '%s' (", argn, fname);
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushliteral(L, ")");
+    lua_concat(L, 4);
+    return lua_error(L);
+}
+
+int gfl_lua_typeerror(lua_State *L, int idx, int argn, const char *fname, const char *expected)
+{
+    const char *got = lua_isnone(L, idx) ? "no value" : luaL_typename(L, idx);
+    if (lua_type(L, idx) == LUA_TNUMBER && lua_tonumber(L, idx) != lua_tonumber(L, idx))
+        got = "nan";
+    return gfl_lua_argerror(L, argn, fname, "%s expected, got %s", expected, got);
+}
+
+lua_Number gfl_lua_checknumber(lua_State *L, int idx, int argn, const char *fname)
+{
+    lua_Number n = lua_tonumber(L, idx);
+    if (lua_type(L, idx) != LUA_TNUMBER || n != n)
+        gfl_lua_typeerror(L, idx, argn, fname, "number");
+    return n;
+}
+
+lua_Integer gfl_lua_checkinteger(lua_State *L, int idx, int argn, const char *fname)
+{
+    if (!gfl_isinteger(L, idx)) {
+        if (lua_type(L, idx) == LUA_TNUMBER && lua_tonumber(L, idx) == lua_tonumber(L, idx))
+            gfl_lua_argerror(L, argn, fname, "number has no integer representation");
+        gfl_lua_typeerror(L, idx, argn, fname, "integer");
+    }
+    return lua_tointeger(L, idx);
+}
+
+const char *gfl_lua_checklstring(lua_State *L, int idx, int argn, const char *fname, size_t *len)
+{
+    if (lua_type(L, idx) != LUA_TSTRING && lua_type(L, idx) != LUA_TNUMBER)
+        gfl_lua_typeerror(L, idx, argn, fname, "string");
+    return lua_tolstring(L, idx, len);
+}
+
+void gfl_lua_checkfunction(lua_State *L, int idx, int argn, const char *fname)
+{
+    if (lua_type(L, idx) != LUA_TFUNCTION)
+        gfl_lua_typeerror(L, idx, argn, fname, "function");
+}
+
+void gfl_lua_check_unix_path(lua_State *L, size_t len, int argn, const char *fname)
+{
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    if (len == 0)
+        gfl_lua_argerror(L, argn, fname, "a socket path expected, got an empty string");
+    if (len > max)
+        gfl_lua_argerror(L, argn, fname, "socket path too long: %d bytes, at most %d", (int)len, (int)max);
+}
+
+/* C.argerror(argn, fname, message): the same from the prelude. */
+static int l_argerror(lua_State *L)
+{
+    int argn = (int)luaL_checkinteger(L, 1);
+    const char *fname = luaL_checkstring(L, 2);
+    const char *msg = luaL_checkstring(L, 3);
+    return gfl_lua_argerror(L, argn, fname, "%s", msg);
+}
+
+/* C.where_user() -> "file:line: " of the user's code (or "") */
+static int l_where_user(lua_State *L)
+{
+    gfl_lua_where_user(L);
+    return 1;
 }
 
 int gfl_lua_fail(lua_State *L, const char *what, int code)
@@ -330,7 +437,7 @@ static int l_set_exception_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
     if (!lua_isnoneornil(L, 1))
-        luaL_checktype(L, 1, LUA_TFUNCTION);
+        gfl_lua_checkfunction(L, 1, 1, "set_exception_handler");
     luaL_unref(L, LUA_REGISTRYINDEX, rt->ref_handler);
     rt->ref_handler = LUA_NOREF;
     if (lua_isnoneornil(L, 1))
@@ -347,7 +454,7 @@ static int l_set_exception_handler(lua_State *L)
 static int l_call_exception_handler(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    const char *message = luaL_checkstring(L, 1);
+    const char *message = gfl_lua_checklstring(L, 1, 1, "call_exception_handler", NULL);
     gfl_value *e = lua_isnoneornil(L, 2) ? NULL : gfl_lua_error_value(L, 2, NULL);
     GFL->loop_call_exception_handler(rt->loop, message, e);
     if (e)
@@ -422,9 +529,9 @@ static int pumped(lua_State *L, gfl_lua_rt *rt, const char *what, int n)
 static int l_run_for(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    double budget = luaL_checknumber(L, 1);
+    double budget = gfl_lua_checknumber(L, 1, 1, "run_for");
     if (!(budget >= 0))
-        return luaL_argerror(L, 1, "a number of seconds >= 0 expected");
+        return gfl_lua_argerror(L, 1, "run_for", "a number of seconds >= 0 expected");
     check_outside_loop(L, rt, "gfl.run_for");
     gfl_lua_rt_collect(rt);
     return pumped(L, rt, "run_for", GFL->loop_run_for(rt->loop, budget));
@@ -433,7 +540,7 @@ static int l_run_for(lua_State *L)
 static int loop_run_once(lua_State *L)
 {
     gfl_lua_rt *rt = check_loop(L);
-    double timeout = luaL_optnumber(L, 2, 0);
+    double timeout = lua_isnoneornil(L, 2) ? 0 : gfl_lua_checknumber(L, 2, 1, "run_once");
     check_outside_loop(L, rt, "run_once");
     gfl_lua_rt_collect(rt);
     return pumped(L, rt, "run_once", GFL->loop_run_once(rt->loop, timeout));
@@ -683,9 +790,18 @@ int luaopen_globeflower(lua_State *L)
     gfl_lua_open_tls(L, internal);
     gfl_lua_open_plugin(L, internal);
     gfl_lua_open_export(L, internal);
+    gfl_lua_open_poll(L, internal);
+    gfl_lua_open_tty(L, internal);
+    gfl_lua_open_work(L, internal);
+    gfl_lua_open_channel(L, internal);
+    gfl_lua_open_thread(L, internal);
     gfl_lua_open_fs(L, internal);
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_array_mt);
     lua_setfield(L, gfl, "array_mt");
+    lua_pushcfunction(L, l_argerror);
+    lua_setfield(L, internal, "argerror");
+    lua_pushcfunction(L, l_where_user);
+    lua_setfield(L, internal, "where_user");
 
     lua_pushinteger(L, GFL_ABI_MAJOR);
     lua_setfield(L, gfl, "ABI_MAJOR");
@@ -693,6 +809,10 @@ int luaopen_globeflower(lua_State *L)
     lua_setfield(L, gfl, "ABI_MINOR");
     lua_pushliteral(L, LUA_VERSION);
     lua_setfield(L, gfl, "LUA_VERSION");
+    lua_pushliteral(L, GFL_LUA_BUILD);
+    lua_setfield(L, gfl, "LUA_BUILD");
+    lua_pushliteral(L, PACKAGE_VERSION);
+    lua_setfield(L, gfl, "version");
 
     for (size_t i = 0; i < sizeof gfl_lua_prelude / sizeof gfl_lua_prelude[0]; i++)
         load_chunk(L, gfl_lua_prelude[i].name, gfl_lua_prelude[i].code, gfl_lua_prelude[i].len, gfl, internal);

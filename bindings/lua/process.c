@@ -358,7 +358,7 @@ static int pr_send_signal(lua_State *L)
 {
     lua_proc *p = check(L);
     lua_remove(L, 1);
-    int sig = gfl_lua_check_signal(L, 1);
+    int sig = gfl_lua_check_signal(L, 1, 1, "send_signal");
     return signal_result(L, p->t ? GFL->subprocess_send_signal(p->t, sig) : GFL_ECLOSED);
 }
 

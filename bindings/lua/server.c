@@ -180,7 +180,8 @@ static int l_create_unix_server(lua_State *L)
     luaL_checktype(L, 1, LUA_TFUNCTION);
     int protocol = lua_toboolean(L, 2);
     size_t len;
-    const char *path = luaL_checklstring(L, 3, &len);
+    const char *path = gfl_lua_checklstring(L, 3, 2, lua_toboolean(L, 2) ? "create_unix_server" : "start_unix_server", &len);
+    gfl_lua_check_unix_path(L, len, 2, lua_toboolean(L, 2) ? "create_unix_server" : "start_unix_server");
     int opts = lua_istable(L, 4) ? 4 : 0;
     gfl_server_options o;
     memset(&o, 0, sizeof o);

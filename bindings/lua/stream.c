@@ -17,6 +17,7 @@
 #include "gfl_lua.h"
 
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include "stream.h"
@@ -265,7 +266,7 @@ static int must_wait(lua_State *L, gfl_lua_stream *s)
 static int s_read(lua_State *L)
 {
     gfl_lua_stream *s = check(L);
-    lua_Integer n = luaL_optinteger(L, 2, -1);
+    lua_Integer n = lua_isnoneornil(L, 2) ? -1 : gfl_lua_checkinteger(L, 2, 1, "read");
     if (n == 0)
         return lua_pushliteral(L, ""), 1;
     if (n > 0 && s->len > 0) {
@@ -288,8 +289,9 @@ static int s_read(lua_State *L)
 static int s_readexactly(lua_State *L)
 {
     gfl_lua_stream *s = check(L);
-    lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n >= 0, 2, "must be >= 0");
+    lua_Integer n = gfl_lua_checkinteger(L, 2, 1, "readexactly");
+    if (n < 0)
+        gfl_lua_argerror(L, 1, "readexactly", "a byte count >= 0 expected, got %d", (int)n);
     if (s->len >= (size_t)n) {
         lua_pushlstring(L, s->buf ? s->buf + s->start : "", (size_t)n);
         consumed(s, (size_t)n);
@@ -360,8 +362,12 @@ static int s_readuntil(lua_State *L)
 {
     gfl_lua_stream *s = check(L);
     size_t seplen;
-    const char *sep = luaL_optlstring(L, 2, "\n", &seplen);
-    luaL_argcheck(L, seplen > 0, 2, "the separator must not be empty");
+    const char *sep = "\n";
+    seplen = 1;
+    if (!lua_isnoneornil(L, 2))
+        sep = gfl_lua_checklstring(L, 2, 1, "readuntil", &seplen);
+    if (seplen == 0)
+        gfl_lua_argerror(L, 1, "readuntil", "the separator must not be empty");
     return readuntil(L, s, sep, seplen, 0);
 }
 
@@ -389,13 +395,14 @@ static int s_write(lua_State *L)
     int rc;
     if (n == 2) {
         size_t len;
-        const char *data = luaL_checklstring(L, 2, &len);
+        const char *data = gfl_lua_checklstring(L, 2, 1, "write", &len);
         rc = GFL->transport_write(s->t, data, len);
     } else {
         gfl_iovec iov[16];
-        luaL_argcheck(L, n - 1 <= 16, 18, "at most 16 pieces per write");
+        if (n - 1 > 16)
+            gfl_lua_argerror(L, 17, "write", "at most 16 pieces per write");
         for (int i = 2; i <= n; i++)
-            iov[i - 2].base = luaL_checklstring(L, i, &iov[i - 2].len);
+            iov[i - 2].base = gfl_lua_checklstring(L, i, i - 1, "write", &iov[i - 2].len);
         rc = GFL->transport_writev(s->t, iov, n - 1);
     }
     if (rc < 0) {
@@ -655,7 +662,8 @@ static int l_open_unix_connection(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
     size_t len;
-    const char *path = luaL_checklstring(L, 1, &len);
+    const char *path = gfl_lua_checklstring(L, 1, 1, "open_unix_connection", &len);
+    gfl_lua_check_unix_path(L, len, 1, "open_unix_connection");
     int opts = lua_istable(L, 2) ? 2 : 0;
     gfl_lua_stream *s = gfl_lua_stream_new(rt, (size_t)gfl_lua_opt_number(L, opts, "limit", 0));
     if (!s)
@@ -671,19 +679,23 @@ static int l_open_unix_connection(lua_State *L)
 static int l_connect_fd(lua_State *L)
 {
     gfl_lua_rt *rt = gfl_lua_rt_get(L);
-    int fd = (int)luaL_checkinteger(L, 1);
-    const char *kind = luaL_optstring(L, 2, "socket");
+    lua_Integer fd = gfl_lua_checkinteger(L, 1, 1, "wrap_fd");
+    if (fd < 0 || fd > INT_MAX)
+        gfl_lua_argerror(L, 1, "wrap_fd", "a file descriptor >= 0 expected");
+    const char *kind = lua_isnoneornil(L, 2) ? "socket" : gfl_lua_checklstring(L, 2, 2, "wrap_fd", NULL);
+    if (strcmp(kind, "socket") != 0 && strcmp(kind, "read_pipe") != 0 && strcmp(kind, "write_pipe") != 0)
+        gfl_lua_argerror(L, 2, "wrap_fd", "\"socket\", \"read_pipe\" or \"write_pipe\" expected, got \"%s\"", kind);
     gfl_lua_stream *s = gfl_lua_stream_new(rt, 0);
     if (!s)
         return luaL_error(L, "out of memory");
     s->refs++;
     gfl_future *f;
     if (strcmp(kind, "read_pipe") == 0)
-        f = GFL->connect_read_pipe(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, fd);
+        f = GFL->connect_read_pipe(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, (int)fd);
     else if (strcmp(kind, "write_pipe") == 0)
-        f = GFL->connect_write_pipe(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, fd);
+        f = GFL->connect_write_pipe(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, (int)fd);
     else
-        f = GFL->connect_socket(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, fd);
+        f = GFL->connect_socket(rt->loop, gfl_lua_stream_factory, s, gfl_lua_stream_factory_release, (int)fd);
     return gfl_lua_stream_connecting(L, s, f);
 }
 

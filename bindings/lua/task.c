@@ -262,7 +262,7 @@ gfl_task *gfl_lua_spawn_at(lua_State *L, int base, int exported)
  * iteration on (asyncio's create_task). */
 int gfl_lua_spawn(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
+    gfl_lua_checkfunction(L, 1, 1, "spawn");
     gfl_lua_spawn_at(L, 1, 0);
     return 1;
 }

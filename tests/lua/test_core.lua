@@ -2,6 +2,15 @@
 local gfl = require "globeflower"
 local T = {}
 
+-- The module loaded is the one built for this interpreter, and says which
+-- release it is.
+function T.module_build_and_version()
+    local want = (type(jit) == "table" and "luajit") or _VERSION:match("%d+%.%d+")
+    assert(gfl.LUA_BUILD == want, "built for " .. tostring(gfl.LUA_BUILD) .. ", running " .. want)
+    assert(type(gfl.version) == "string" and gfl.version:match("^%d+%.%d+%.%d+"), tostring(gfl.version))
+    assert(gfl.LUA_VERSION == (_VERSION:match("^Lua 5%.[1-4]$") and _VERSION))
+end
+
 function T.future_result()
     local f = gfl.future()
     assert(not f:done() and f:state() == "pending")

@@ -58,16 +58,22 @@ function T.connection_refused_is_a_value()
 end
 
 function T.ports_above_65535_are_refused()
-    -- glibc would take 73616 as 8080 (modulo 65536): the core refuses it.
+    -- glibc would take 73616 as 8080 (modulo 65536). A number out of range
+    -- is a bad argument (raised); as a string it reaches the core, which
+    -- refuses it (nil, message, code).
     local srv = echo_server()
     local wrapped = srv:port() + 65536
-    local s, msg, code = gfl.open_connection("127.0.0.1", wrapped)
+    local ok, err = gfl.pcall(gfl.open_connection, "127.0.0.1", wrapped)
+    assert(not ok and tostring(err):match("bad argument #2 to 'open_connection'"), tostring(err))
+    ok, err = gfl.pcall(gfl.start_server, function() end, "127.0.0.1", 99999)
+    assert(not ok and tostring(err):match("bad argument"), tostring(err))
+    local s, msg, code = gfl.open_connection("127.0.0.1", tostring(wrapped))
     assert(s == nil and msg:match("port must be 0%-65535") and code == -22, tostring(msg)) -- GFL_EINVAL
-    local t, msg2 = gfl.create_connection(function() return {} end, "127.0.0.1", wrapped)
+    local t, msg2 = gfl.create_connection(function() return {} end, "127.0.0.1", tostring(wrapped))
     assert(t == nil and msg2:match("port must be 0%-65535"), tostring(msg2))
-    local listener, msg3, code3 = gfl.start_server(function() end, "127.0.0.1", 99999)
+    local listener, msg3, code3 = gfl.start_server(function() end, "127.0.0.1", "99999")
     assert(listener == nil and msg3:match("port must be 0%-65535") and code3 == -22, tostring(msg3))
-    local list, msg4 = gfl.getaddrinfo("127.0.0.1", 70000)
+    local list, msg4 = gfl.getaddrinfo("127.0.0.1", "70000")
     assert(list == nil and msg4:match("port must be 0%-65535"), tostring(msg4))
     srv:close()
     srv:wait_closed()

@@ -95,19 +95,164 @@ end
 local is_cancelled = gfl.is_cancelled
 
 ---------------------------------------------------------------------------
+-- Argument and option checks: errors name the public function and the
+-- argument as the user wrote them ("bad argument #1 to 'sleep' (number
+-- expected, got string)"), positioned at the user's code (C.argerror
+-- skips the module's frames).
+
+local argerror = C.argerror
+
+-- type(v), with NaN told apart (it is a number nothing accepts)
+local function typeof(v)
+    if v ~= v then
+        return "nan"
+    end
+    return type(v)
+end
+C.typeof = typeof
+
+local function isnumber(v)
+    return type(v) == "number" and v == v
+end
+
+local function isinteger(v)
+    return isnumber(v) and v == math.floor(v) and v > -math.huge and v < math.huge
+end
+
+-- Validators of option values: nil when fine, else what is expected.
+local V = {}
+function V.any() end
+function V.string(v)
+    if type(v) ~= "string" then return "a string" end
+end
+function V.boolean(v)
+    if type(v) ~= "boolean" then return "a boolean" end
+end
+function V.number(v)
+    if not isnumber(v) then return "a number" end
+end
+function V.seconds(v)
+    if not isnumber(v) or v < 0 then return "a number of seconds >= 0" end
+end
+function V.count(v) -- a positive integer (limits, queue sizes)
+    if not isinteger(v) or v < 1 then return "an integer >= 1" end
+end
+function V.integer(v)
+    if not isinteger(v) then return "an integer" end
+end
+function V.natural(v)
+    if not isinteger(v) or v < 0 then return "an integer >= 0" end
+end
+function V.port(v)
+    if type(v) == "string" and v ~= "" then return end
+    if not isinteger(v) or v < 0 or v > 65535 then return "a port (0 to 65535, or a service name)" end
+end
+function V.string_list(v)
+    if type(v) ~= "table" then return "a list of strings" end
+    for _, x in pairs(v) do
+        if type(x) ~= "string" then return "a list of strings" end
+    end
+end
+-- A file that must be readable now (certificates, keys, CA files): the
+-- system's reason beats OpenSSL's "system lib" later. A validator may
+-- return (nil or expected, problem) to give the whole message.
+function V.file(v)
+    if type(v) ~= "string" then return "a file name" end
+    if io and io.open then
+        local f, err = io.open(v, "rb")
+        if not f then
+            return "a readable file", "cannot open " .. tostring(err)
+        end
+        f:close()
+    end
+end
+function V.one_of(...)
+    local allowed, names = {}, {}
+    for i = 1, select("#", ...) do
+        local x = select(i, ...)
+        allowed[x] = true
+        names[#names + 1] = type(x) == "string" and ('"' .. x .. '"') or tostring(x)
+    end
+    local text = "one of " .. table.concat(names, ", ")
+    return function(v)
+        if not allowed[v] then return text end
+    end
+end
+function V.either(a, b, text)
+    return function(v)
+        if a(v) and b(v) then return text end
+    end
+end
+C.V = V
+
+local function describe(v)
+    if type(v) == "string" then
+        return string.format("%q", v)
+    end
+    return typeof(v) == "nan" and "nan" or (type(v) == "number" and tostring(v)) or type(v)
+end
+
+-- check_options(fname, argn, opts, spec [, what]): opts is nil or a table
+-- whose every key is in spec (key -> validator) with a valid value.
+local function check_options(fname, argn, opts, spec, what)
+    if opts == nil then
+        return
+    end
+    what = what or "option"
+    if type(opts) ~= "table" or getmetatable(opts) ~= nil then
+        argerror(argn, fname, (what == "option" and "options table" or what .. "s table") ..
+            " expected, got " .. typeof(opts))
+    end
+    for k, v in pairs(opts) do
+        local check = type(k) == "string" and spec[k]
+        if not check then
+            argerror(argn, fname, "unknown " .. what .. " " .. describe(k))
+        end
+        local expected, problem = check(v, fname, argn)
+        if problem then
+            argerror(argn, fname, what .. " '" .. k .. "': " .. problem)
+        elseif expected then
+            argerror(argn, fname, what .. " '" .. k .. "': " .. expected .. " expected, got " .. describe(v))
+        end
+    end
+end
+C.check_options = check_options
+
+-- The checks of a plain argument.
+local function check_arg(fname, argn, v, validator, expected)
+    local e = validator(v)
+    if e then
+        argerror(argn, fname, (expected or e) .. " expected, got " .. typeof(v))
+    end
+end
+C.check_arg = check_arg
+
+-- A function that waits, called outside a task: one clear message (Lua
+-- would say "attempt to yield from outside a coroutine", or "across a
+-- C-call boundary").
+local function check_task_for(fname)
+    if not C.in_task() then
+        error(C.where_user() .. "'" .. fname .. "' waits, so it must be called inside a task " ..
+            "(run the code with gfl.run or gfl.spawn)", 0)
+    end
+end
+C.check_task_for = check_task_for
+
+---------------------------------------------------------------------------
 -- Awaiting: yield the future to the task's step; it resumes us with true
 -- (done: read it) or false, err (raise err: a cancellation, or the error
 -- of a future the binding awaits internally).
 
-local function check_task()
+local function check_task(fname)
     if not C.in_task() then
-        error("await outside a task: run the code with gfl.run or gfl.spawn", 3)
+        error(C.where_user() .. "'" .. (fname or "await") .. "' waits, so it must be called inside a task " ..
+            "(run the code with gfl.run or gfl.spawn)", 0)
     end
 end
 
 function Future:await()
     if not self:done() then
-        check_task()
+        check_task("await")
         local ok, err = yield(self)
         if not ok then
             error(err, 0)
@@ -128,13 +273,20 @@ C.wait = wait
 
 --- gfl.await(f): f:await() for futures and tasks
 function gfl.await(f)
+    if not C.is_future(f) then
+        argerror(1, "await", "future or task expected, got " .. typeof(f))
+    end
     return f:await()
 end
 
 --- gfl.sleep(seconds [, ...]) -> ...: suspends the task
 function gfl.sleep(s, ...)
-    s = s or 0
-    check_task()
+    if s == nil then
+        s = 0
+    elseif not isnumber(s) then
+        argerror(1, "sleep", "number expected, got " .. typeof(s))
+    end
+    check_task("sleep")
     if s <= 0 then
         local ok, err = yield() -- a bare yield: next iteration
         if not ok then
@@ -179,7 +331,7 @@ gfl.exports = C.exports
 --- gfl.call(name, ...) -> the result of the export `name` (any host's);
 --- waits inside a task, raises its error.
 function gfl.call(name, ...)
-    check_task()
+    check_task("call")
     return C.call(name, ...):await()
 end
 
@@ -211,7 +363,7 @@ function gfl.plugin(name, path)
     for fname, async in pairs(functions) do
         if async then
             p[fname] = function(...)
-                check_task()
+                check_task(fname)
                 return C.plugin_call_async(handle, fname, ...):await()
             end
         else
@@ -292,11 +444,11 @@ local gpcall = gfl.pcall
 -- Running
 
 --- gfl.run(fn, ...) -> fn's results: runs fn as the main task, driving the
---- loop until it finishes; raises its error (string errors get the task's
---- traceback appended).
+--- loop until it finishes; raises exactly the value it raised (the
+--- traceback is task:traceback(), given to the exception handler).
 function gfl.run(fn, ...)
     if type(fn) ~= "function" then
-        error("gfl.run: a function expected", 2)
+        argerror(1, "run", "function expected, got " .. typeof(fn))
     end
     if C.loop_running() or C.in_task() then
         error("gfl.run: the loop is already running (use gfl.spawn and await)", 2)
@@ -309,21 +461,18 @@ function gfl.run(fn, ...)
         return task:result()
     end
     local _, err = pcall(task.result, task)
-    if type(err) == "string" then
-        err = task:traceback() or err
-    end
     error(err, 0)
 end
 
 ---------------------------------------------------------------------------
 -- Combinators
 
-local function as_future(f, ...)
+local function as_future(f, fname, argn, ...)
     if type(f) == "function" then
         return C.spawn(f, ...)
     end
     if not C.is_future(f) then
-        error("a future, task or function expected", 3)
+        argerror(argn or 1, fname or "?", "future, task or function expected, got " .. typeof(f))
     end
     return f
 end
@@ -340,9 +489,10 @@ function gfl.gather(...)
     local start = 1
     if type(first) == "table" and not C.is_future(first) then
         opts, start = first, 2
+        check_options("gather", 1, opts, { return_exceptions = V.boolean })
     end
     for i = start, n do
-        futs[#futs + 1] = as_future((select(i, ...)))
+        futs[#futs + 1] = as_future((select(i, ...)), "gather", i)
     end
     local count = #futs
     local results = { n = count }
@@ -383,9 +533,13 @@ end
 --- current task, cancelling it after `seconds` (nil: no limit); then
 --- raises a TimeoutError (gfl.is_timeout). asyncio.timeout.
 function gfl.timeout(delay, fn, ...)
+    if delay ~= nil then
+        check_arg("timeout", 1, delay, V.seconds, "number of seconds >= 0")
+    end
+    check_arg("timeout", 2, fn, function(v) if type(v) ~= "function" then return "function" end end)
     local task = C.current_task()
     if not task then
-        error("gfl.timeout: must run inside a task", 2)
+        check_task("timeout")
     end
     if delay == nil then
         return fn(...)
@@ -410,7 +564,10 @@ end
 --- gfl.wait_for(fut, seconds) -> fut's results, or raises TimeoutError
 --- after cancelling fut (a function is spawned as a task first).
 function gfl.wait_for(fut, delay, ...)
-    fut = as_future(fut, ...)
+    if delay ~= nil then
+        check_arg("wait_for", 2, delay, V.seconds, "number of seconds >= 0")
+    end
+    fut = as_future(fut, "wait_for", 1, ...)
     if delay == nil then
         return fut:await()
     end
@@ -422,7 +579,7 @@ end
 
 --- gfl.shield(fut) -> a future that cancelling does not pass on to fut
 function gfl.shield(fut)
-    fut = as_future(fut)
+    fut = as_future(fut, "shield", 1)
     local outer = C.future()
     fut:add_done_callback(function(done)
         if outer:done() then
@@ -441,6 +598,18 @@ end
 --- gfl.wait(futs [, {timeout = s, return_when = "ALL_COMPLETED" |
 --- "FIRST_COMPLETED" | "FIRST_EXCEPTION"}]) -> done, pending (lists)
 function gfl.wait(futs, opts)
+    if type(futs) ~= "table" then
+        argerror(1, "wait", "list of futures expected, got " .. typeof(futs))
+    end
+    for i, f in ipairs(futs) do
+        if not C.is_future(f) then
+            argerror(1, "wait", "item " .. i .. " is not a future or task (" .. typeof(f) .. ")")
+        end
+    end
+    check_options("wait", 2, opts, {
+        timeout = V.seconds,
+        return_when = V.one_of("ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"),
+    })
     opts = opts or {}
     local when = opts.return_when or "ALL_COMPLETED"
     local waiter = C.future()

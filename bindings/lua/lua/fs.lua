@@ -2,20 +2,23 @@
 -- checks the arguments and starts them; this waits inside the task).
 local gfl, C = ...
 
+if not C.fs_start then
+    return -- the core predates ABI 1.5 (bindings/lua/fs.c registered nothing)
+end
+
 local fs = {}
 gfl.fs = fs
 
-local start, result, in_task, wait = C.fs_start, C.fs_result, C.in_task, C.wait
+local start, result, wait = C.fs_start, C.fs_result, C.wait
+local check_task_for, where_user = C.check_task_for, C.where_user
 
 -- Each operation: a result (true when there is none) or nil, message, code.
--- Errors are raised at level 3: run <- the gfl.fs function <- the caller.
+-- Errors name the caller's line (where_user), as the rest of the module.
 local function run(op, ...)
-    if not in_task() then
-        error("gfl.fs." .. op .. ": outside a task: run the code with gfl.run or gfl.spawn", 3)
-    end
+    check_task_for("fs." .. op)
     local f, err = start(op, ...)
     if not f then
-        error(err, 3)
+        error(where_user() .. err, 0)
     end
     if not f:done() then
         wait(f)
@@ -29,10 +32,8 @@ for _, op in ipairs({
     "fsync", "fdatasync", "ftruncate", "chmod", "chown", "utime", "copyfile",
     "mkdtemp", "realpath", "readfile", "writefile",
 }) do
-    -- not a tail call, so the caller is always two levels above run
     fs[op] = function(...)
-        local a, b, c = run(op, ...)
-        return a, b, c
+        return run(op, ...)
     end
 end
 
@@ -41,7 +42,7 @@ end
 function fs.watch(...)
     local w, msg, code = C.fs_watch(...)
     if w == false then
-        error(msg, 2)
+        error(where_user() .. msg, 0)
     end
     return w, msg, code
 end

@@ -4,8 +4,17 @@
 local gfl, C = ...
 
 local yield = coroutine.yield
-local error, setmetatable, table_remove = error, setmetatable, table.remove
+local error, setmetatable, getmetatable, type, table_remove = error, setmetatable, getmetatable, type, table.remove
 local new_future = C.future
+local argerror, typeof, V = C.argerror, C.typeof, C.V
+
+-- A method called with a dot, or on something else: one clear message.
+local function check_self(self, class, cname, method)
+    if getmetatable(self) ~= class then
+        error(C.where_user() .. "calling '" .. method .. "' on bad self (" .. cname .. " expected, got " ..
+            typeof(self) .. "): use x:" .. method .. "(...)", 0)
+    end
+end
 
 -- Removes the future `f` from the list `t` (if present).
 local function remove(t, f)
@@ -81,6 +90,7 @@ end
 
 --- event:wait() -> true once the event is set
 function Event:wait()
+    check_self(self, Event, "Event", "wait")
     if self._flag then
         return true
     end
@@ -123,6 +133,9 @@ end
 
 --- lock:with(fn, ...) -> fn's results, holding the lock while fn runs
 function Lock:with(fn, ...)
+    if type(fn) ~= "function" then
+        argerror(1, "with", "function expected, got " .. typeof(fn))
+    end
     self:acquire()
     local res = C.pack(gfl.pcall(fn, ...))
     self:release()
@@ -139,10 +152,11 @@ local Semaphore = {}
 Semaphore.__index = Semaphore
 
 function gfl.Semaphore(value)
-    value = value or 1
-    if value < 0 then
-        error("Semaphore: the initial value must be >= 0", 2)
+    if value ~= nil and V.natural(value) then
+        argerror(1, "Semaphore", "initial value (an integer >= 0) expected, got " ..
+            (type(value) == "number" and tostring(value) or typeof(value)))
     end
+    value = value or 1
     return setmetatable({ _value = value, _waiters = {} }, Semaphore)
 end
 
@@ -256,7 +270,11 @@ end
 local Queue = {}
 Queue.__index = Queue
 
-local function new_queue(maxsize, kind)
+local function new_queue(maxsize, kind, fname)
+    if maxsize ~= nil and V.natural(maxsize) then
+        argerror(1, fname, "maximum size (an integer >= 0, 0: unbounded) expected, got " ..
+            (type(maxsize) == "number" and tostring(maxsize) or typeof(maxsize)))
+    end
     return setmetatable({
         _maxsize = maxsize or 0,
         _items = {},
@@ -272,21 +290,24 @@ end
 
 --- gfl.Queue([maxsize]) -> FIFO queue (maxsize 0: unbounded)
 function gfl.Queue(maxsize)
-    local q = new_queue(maxsize, "fifo")
+    local q = new_queue(maxsize, "fifo", "Queue")
     q._finished:set()
     return q
 end
 
 --- gfl.LifoQueue([maxsize]) -> LIFO queue
 function gfl.LifoQueue(maxsize)
-    local q = new_queue(maxsize, "lifo")
+    local q = new_queue(maxsize, "lifo", "LifoQueue")
     q._finished:set()
     return q
 end
 
 --- gfl.PriorityQueue([maxsize [, less]]) -> smallest item first
 function gfl.PriorityQueue(maxsize, less)
-    local q = new_queue(maxsize, "heap")
+    if less ~= nil and type(less) ~= "function" then
+        argerror(2, "PriorityQueue", "function expected, got " .. typeof(less))
+    end
+    local q = new_queue(maxsize, "heap", "PriorityQueue")
     q._less = less or function(a, b)
         return a < b
     end
