@@ -3,7 +3,7 @@
  * globeflower loop, with the example plugin loaded.
  *
  *   engine [--seconds S] [--fps F] [--budget MS] [--teardown ORDER]
- *          [--no-timing] --lua game.lua --python-path DIRS
+ *          [--no-timing] [--pump-once] --lua game.lua --python-path DIRS
  *
  * Every frame the engine pumps the loop with gfl_loop_run_for(loop, budget)
  * (iterations until nothing is ready or the budget is spent, never
@@ -23,6 +23,8 @@
  *
  * ORDER (teardown): python-lua-loop (default), lua-python-loop or
  * loop-first (free the loop while both interpreters still hold it).
+ * --pump-once pumps with gfl_loop_run_once(loop, 0) instead, to show what
+ * run_for saves (round trips then span frames, and the run fails).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -147,7 +149,7 @@ static void on_exception(gfl_loop *loop, const char *message, gfl_value *error, 
 int main(int argc, char **argv)
 {
     double seconds = 10, fps = 60, budget_ms = 4;
-    int timing = 1;
+    int timing = 1, pump_once = 0;
     const char *lua_script = NULL, *py_path = NULL, *teardown = "python-lua-loop";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -166,6 +168,8 @@ int main(int argc, char **argv)
             py_path = argv[++i];
         else if (strcmp(a, "--no-timing") == 0)
             timing = 0;
+        else if (strcmp(a, "--pump-once") == 0)
+            pump_once = 1;
         else {
             fprintf(stderr, "engine: unknown argument %s\n", a);
             return 2;
@@ -174,7 +178,7 @@ int main(int argc, char **argv)
     if (!lua_script || !(fps > 0) || !(seconds > 0) ||
         (strcmp(teardown, "python-lua-loop") && strcmp(teardown, "lua-python-loop") && strcmp(teardown, "loop-first"))) {
         fprintf(stderr, "usage: %s [--seconds S] [--fps F] [--budget MS] [--teardown python-lua-loop|lua-python-loop|loop-first] "
-                        "[--no-timing] --lua game.lua --python-path DIRS\n", argv[0]);
+                        "[--no-timing] [--pump-once] --lua game.lua --python-path DIRS\n", argv[0]);
         return 2;
     }
 
@@ -212,7 +216,9 @@ int main(int argc, char **argv)
         double start = now();
         if (start > next + period)
             late++; /* began after its whole slot had passed: a dropped frame */
-        int rc = gfl_loop_run_for(loop, budget);
+        /* --pump-once: one iteration per frame, for comparison: each hop
+         * of a cross-host round trip then waits for the next frame. */
+        int rc = pump_once ? gfl_loop_run_once(loop, 0) : gfl_loop_run_for(loop, budget);
         if (rc == GFL_EINTR) {
             gfl_value_unref(gfl_loop_take_interrupt(loop));
             interrupted = 1;
