@@ -134,15 +134,24 @@ void gfl__transport_set_proto(gfl_transport *t, const gfl_protocol *proto, void 
     t->ud = ud;
 }
 
+/* Queues connection_made before the factory runs: once the protocol
+ * instance exists nothing may fail, or it would get neither
+ * connection_made nor connection_lost and its owner could never free it. */
 int gfl__transport_run_factory(gfl_transport *t, gfl_protocol_factory f, void *fud)
 {
-    const gfl_protocol *proto = NULL;
-    void *ud = NULL;
-    int rc = f(fud, t, &proto, &ud);
+    int rc = gfl__transport_start(t);
     if (rc < 0)
         return rc;
-    if (!proto || proto->size < sizeof(size_t))
-        return GFL_EINVAL;
+    const gfl_protocol *proto = NULL;
+    void *ud = NULL;
+    rc = f(fud, t, &proto, &ud);
+    if (rc == GFL_OK && (!proto || proto->size < sizeof(size_t)))
+        rc = GFL_EINVAL;
+    if (rc < 0) {
+        (void)gfl_handle_cancel(t->loop, t->made_handle);
+        t->made_handle = 0;
+        return rc;
+    }
     gfl__transport_set_proto(t, proto, ud);
     return GFL_OK;
 }
@@ -178,8 +187,11 @@ static void made_cb(void *arg)
     gfl_transport_unref(t);
 }
 
+/* Idempotent: gfl__transport_run_factory already queued it. */
 int gfl__transport_start(gfl_transport *t)
 {
+    if (t->made_handle > 0)
+        return GFL_OK;
     gfl_handle h = gfl_call_soon(t->loop, made_cb, t);
     if (h < 0)
         return (int)h;

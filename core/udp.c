@@ -516,17 +516,21 @@ static void udp_start(gfl_loop *loop, int fd, const struct sockaddr *dest, sockl
     }
     const gfl_datagram_protocol *p = NULL;
     void *ud = NULL;
-    int rc = factory(fud, &u->base, &p, &ud);
-    if (rc == GFL_OK && (!p || p->size < sizeof(size_t)))
-        rc = GFL_EINVAL;
+    /* connection_made is queued first: once the protocol instance exists
+     * nothing may fail (see gfl__transport_run_factory). */
+    int rc = gfl__transport_start(&u->base);
+    if (rc == GFL_OK) {
+        rc = factory(fud, &u->base, &p, &ud);
+        if (rc == GFL_OK && (!p || p->size < sizeof(size_t)))
+            rc = GFL_EINVAL;
+        if (rc < 0) {
+            (void)gfl_handle_cancel(u->base.loop, u->base.made_handle);
+            u->base.made_handle = 0;
+        }
+    }
     if (rc == GFL_OK) {
         set_dproto(u, p, ud);
         u->base.waiter = gfl_future_ref(f);
-        rc = gfl__transport_start(&u->base);
-        if (rc < 0) {
-            gfl_future_unref(u->base.waiter);
-            u->base.waiter = NULL;
-        }
     }
     if (rc < 0) {
         gfl__transport_discard(&u->base); /* closes the fd */
