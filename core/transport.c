@@ -653,13 +653,17 @@ static int set_event(struct fd_transport *ft, struct event *ev, short bit, bool 
     return on ? event_add(ev, NULL) : event_del(ev);
 }
 
+static void fatal_errno(struct fd_transport *ft, int err, const char *what);
+
 static void set_rev(struct fd_transport *ft, bool on)
 {
     if (on == ft->rev_added || ft->fd < 0)
         return;
-    if (on)
+    if (on) {
         ft->rev_added = set_event(ft, &ft->rev, EV_READ, true) == 0;
-    else {
+        if (!ft->rev_added) /* out of memory: say so rather than never read */
+            fatal_errno(ft, ENOMEM, "cannot watch the file descriptor");
+    } else {
         (void)set_event(ft, &ft->rev, EV_READ, false);
         ft->rev_added = false;
         ft->io_pending &= (short)~EV_READ;
@@ -670,9 +674,11 @@ static void set_wev(struct fd_transport *ft, bool on)
 {
     if (on == ft->wev_added || ft->fd < 0)
         return;
-    if (on)
+    if (on) {
         ft->wev_added = set_event(ft, &ft->wev, EV_WRITE, true) == 0;
-    else {
+        if (!ft->wev_added) /* out of memory: say so rather than never flush */
+            fatal_errno(ft, ENOMEM, "cannot watch the file descriptor");
+    } else {
         (void)set_event(ft, &ft->wev, EV_WRITE, false);
         ft->wev_added = false;
         ft->io_pending &= (short)~EV_WRITE;
