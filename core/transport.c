@@ -164,10 +164,14 @@ static void resolve_waiter(gfl_transport *t)
     t->waiter = NULL;
     if (gfl_future_state_of(w) == GFL_FUTURE_PENDING) {
         gfl_value *v = gfl_value_object(gfl_transport_class(), t);
-        if (v)
+        if (v) {
             (void)gfl_future_set_result(w, v);
-        else
+        } else {
+            /* Out of memory: the caller will never see this transport, so
+             * nobody could close it; abort it (connection_lost follows). */
             gfl__future_fail_value(w, NULL);
+            (void)gfl_transport_abort(t);
+        }
         gfl_value_unref(v);
     }
     gfl_future_unref(w);

@@ -115,12 +115,26 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     u->io_handle = h > 0 ? h : 0; /* ENOMEM: level-triggered, retried */
 }
 
+static void free_queue(struct udp *u);
+
+/* The poller could not take the fd (out of memory): end the endpoint with
+ * that error rather than leave it never reading or never flushing. */
+static void lose_unwatchable(struct udp *u)
+{
+    free_queue(u);
+    gfl_value *e = gfl__os_error(ENOMEM, "cannot watch the socket");
+    gfl__transport_lost(&u->base, e);
+    gfl_value_unref(e);
+}
+
 static void set_rev(struct udp *u, bool on)
 {
     if (on == u->rev_added || u->fd < 0)
         return;
     if (on) {
         u->rev_added = event_add(&u->rev, NULL) == 0;
+        if (!u->rev_added)
+            lose_unwatchable(u);
     } else {
         event_del(&u->rev);
         u->rev_added = false;
@@ -134,6 +148,8 @@ static void set_wev(struct udp *u, bool on)
         return;
     if (on) {
         u->wev_added = event_add(&u->wev, NULL) == 0;
+        if (!u->wev_added)
+            lose_unwatchable(u);
     } else {
         event_del(&u->wev);
         u->wev_added = false;
