@@ -224,6 +224,14 @@ static void watch(struct proc *p)
     }
     /* Polling (no pidfd, or the event could not be added). */
     gfl_handle h = gfl_call_later(p->base.loop, p->poll_delay, reap_run, p);
+    if (h < 0) {
+        /* Out of memory for the timer: poll again on the next turn rather
+         * than never reap the child; say so if even that cannot queue. */
+        h = gfl__queue_plain(p->base.loop, reap_run, p);
+        if (h < 0)
+            (void)gfl_loop_call_exception_handler(p->base.loop,
+                "subprocess: cannot schedule waiting for the child (out of memory)", NULL);
+    }
     p->reap_handle = h > 0 ? h : 0;
     p->poll_delay = p->poll_delay * 2 < POLL_MAX ? p->poll_delay * 2 : POLL_MAX;
 }

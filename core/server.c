@@ -140,24 +140,31 @@ static void on_listen_ready(evutil_socket_t fd, short what, void *arg)
     l->queued = h > 0 ? h : 0;
 }
 
-static void watch(struct listener *l, bool on)
+/* GFL_ENOMEM when the poller could not take the fd (callers must not let
+ * a listener silently stop accepting). */
+static int watch(struct listener *l, bool on)
 {
     if (on == l->added || l->fd < 0)
-        return;
-    if (on)
+        return GFL_OK;
+    if (on) {
         l->added = event_add(&l->ev, NULL) == 0;
-    else {
-        event_del(&l->ev);
-        l->added = false;
+        return l->added ? GFL_OK : GFL_ENOMEM;
     }
+    event_del(&l->ev);
+    l->added = false;
+    return GFL_OK;
 }
 
 static void retry_accept(void *arg)
 {
     struct listener *l = arg;
     l->retry = 0;
-    if (l->s->serving && !l->s->closed)
-        watch(l, true);
+    if (l->s->serving && !l->s->closed && watch(l, true) < 0) {
+        /* Still out of memory: try again later rather than stop for good. */
+        gfl_handle h = gfl_call_later(l->s->loop, l->s->retry_delay, retry_accept, l);
+        l->retry = h > 0 ? h : 0;
+        (void)gfl_loop_call_exception_handler(l->s->loop, "server: cannot watch a listening socket (out of memory)", NULL);
+    }
 }
 
 static void accepted(gfl_server *s, struct listener *l, int fd)
@@ -212,7 +219,7 @@ static void accept_run(void *arg)
             (void)gfl_loop_call_exception_handler(s->loop, "socket.accept() out of system resource", e);
             gfl_value_unref(e);
             if (h <= 0)
-                watch(l, true);
+                (void)watch(l, true); /* no timer either: keep accepting */
             break;
         }
         gfl_value *e = gfl__os_error(err, "accept");
@@ -306,8 +313,11 @@ int gfl__server_add_socket(gfl_server *s, int fd)
     l->tcp = getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
     event_assign(&l->ev, s->loop->base, fd, EV_READ | EV_PERSIST, on_listen_ready, l);
     ls[s->nls++] = l;
-    if (s->serving && !s->closed)
-        watch(l, true);
+    if (s->serving && !s->closed && watch(l, true) < 0) {
+        s->nls--; /* the caller still owns fd */
+        gfl__free(s->loop, l);
+        return GFL_ENOMEM;
+    }
     return GFL_OK;
 }
 
@@ -407,9 +417,14 @@ GFL_EXPORT int gfl_server_start_serving(gfl_server *s)
     if (s->serving)
         return GFL_OK;
     s->serving = true;
-    for (int i = 0; i < s->nls; i++)
-        if (!s->ls[i]->retry)
-            watch(s->ls[i], true);
+    for (int i = 0; i < s->nls; i++) {
+        if (!s->ls[i]->retry && watch(s->ls[i], true) < 0) {
+            s->serving = false;
+            for (int j = 0; j < i; j++)
+                (void)watch(s->ls[j], false);
+            return GFL_ENOMEM;
+        }
+    }
     return GFL_OK;
 }
 
@@ -652,9 +667,17 @@ static void bind_all(struct builder *b)
     }
     if (!err && s->nls == 0)
         err = EADDRNOTAVAIL;
+    /* The future's value, made before the server takes the factory so a
+     * failure here is one more error path, not a future left pending. */
+    gfl_value *v = err ? NULL : gfl_value_object(&server_class, s);
+    if (!err && !v)
+        err = ENOMEM;
     if (err) {
         char what[sizeof where + 64];
-        snprintf(what, sizeof what, "error while attempting to bind on address %s", where);
+        if (err == ENOMEM && !v)
+            snprintf(what, sizeof what, "out of memory while creating the server");
+        else
+            snprintf(what, sizeof what, "error while attempting to bind on address %s", where);
         gfl__future_fail_errno(b->future, err, what);
         s->refs = 1;
         s->loop_ref = false;
@@ -664,8 +687,7 @@ static void bind_all(struct builder *b)
     }
     s->frel = b->frel; /* the server owns the factory now */
     b->frel = NULL;
-    gfl_value *v = gfl_value_object(&server_class, s);
-    if (v && gfl_future_state_of(b->future) == GFL_FUTURE_PENDING)
+    if (gfl_future_state_of(b->future) == GFL_FUTURE_PENDING)
         (void)gfl_future_set_result(b->future, v);
     gfl_value_unref(v);
     gfl_server_unref(s); /* the value (future) holds the caller's */

@@ -17,6 +17,8 @@
 #include "internal.h"
 
 #include <limits.h>
+#include <stdint.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -56,9 +58,15 @@ static void queue_delivery(struct gfl_signal_watch *w)
         return;
     gfl_handle h = gfl__queue_plain(w->loop, run_delivery, w);
     w->queued = h > 0 ? h : 0;
-    if (h < 0) /* the count stays: the next wake-up queues it again */
+    if (h < 0) {
+        /* The count stays, and the port is made readable again so the next
+         * poll retries: waiting for another signal could wait forever. */
+        uint64_t one = 1;
+        if (w->loop->signal_wakeup)
+            (void)!write(gfl__sigport_fd(w->loop->signal_wakeup->port), &one, sizeof one);
         (void)gfl_loop_call_exception_handler(w->loop,
             "signal handler: could not queue the callback (out of memory); delivery deferred", NULL);
+    }
 }
 
 /* One delivery: the user's callback, once. It may remove or replace the

@@ -134,15 +134,24 @@ void gfl__transport_set_proto(gfl_transport *t, const gfl_protocol *proto, void 
     t->ud = ud;
 }
 
+/* Queues connection_made before the factory runs: once the protocol
+ * instance exists nothing may fail, or it would get neither
+ * connection_made nor connection_lost and its owner could never free it. */
 int gfl__transport_run_factory(gfl_transport *t, gfl_protocol_factory f, void *fud)
 {
-    const gfl_protocol *proto = NULL;
-    void *ud = NULL;
-    int rc = f(fud, t, &proto, &ud);
+    int rc = gfl__transport_start(t);
     if (rc < 0)
         return rc;
-    if (!proto || proto->size < sizeof(size_t))
-        return GFL_EINVAL;
+    const gfl_protocol *proto = NULL;
+    void *ud = NULL;
+    rc = f(fud, t, &proto, &ud);
+    if (rc == GFL_OK && (!proto || proto->size < sizeof(size_t)))
+        rc = GFL_EINVAL;
+    if (rc < 0) {
+        (void)gfl_handle_cancel(t->loop, t->made_handle);
+        t->made_handle = 0;
+        return rc;
+    }
     gfl__transport_set_proto(t, proto, ud);
     return GFL_OK;
 }
@@ -155,10 +164,14 @@ static void resolve_waiter(gfl_transport *t)
     t->waiter = NULL;
     if (gfl_future_state_of(w) == GFL_FUTURE_PENDING) {
         gfl_value *v = gfl_value_object(gfl_transport_class(), t);
-        if (v)
+        if (v) {
             (void)gfl_future_set_result(w, v);
-        else
+        } else {
+            /* Out of memory: the caller will never see this transport, so
+             * nobody could close it; abort it (connection_lost follows). */
             gfl__future_fail_value(w, NULL);
+            (void)gfl_transport_abort(t);
+        }
         gfl_value_unref(v);
     }
     gfl_future_unref(w);
@@ -178,8 +191,11 @@ static void made_cb(void *arg)
     gfl_transport_unref(t);
 }
 
+/* Idempotent: gfl__transport_run_factory already queued it. */
 int gfl__transport_start(gfl_transport *t)
 {
+    if (t->made_handle > 0)
+        return GFL_OK;
     gfl_handle h = gfl_call_soon(t->loop, made_cb, t);
     if (h < 0)
         return (int)h;
@@ -641,13 +657,17 @@ static int set_event(struct fd_transport *ft, struct event *ev, short bit, bool 
     return on ? event_add(ev, NULL) : event_del(ev);
 }
 
+static void fatal_errno(struct fd_transport *ft, int err, const char *what);
+
 static void set_rev(struct fd_transport *ft, bool on)
 {
     if (on == ft->rev_added || ft->fd < 0)
         return;
-    if (on)
+    if (on) {
         ft->rev_added = set_event(ft, &ft->rev, EV_READ, true) == 0;
-    else {
+        if (!ft->rev_added) /* out of memory: say so rather than never read */
+            fatal_errno(ft, ENOMEM, "cannot watch the file descriptor");
+    } else {
         (void)set_event(ft, &ft->rev, EV_READ, false);
         ft->rev_added = false;
         ft->io_pending &= (short)~EV_READ;
@@ -658,9 +678,11 @@ static void set_wev(struct fd_transport *ft, bool on)
 {
     if (on == ft->wev_added || ft->fd < 0)
         return;
-    if (on)
+    if (on) {
         ft->wev_added = set_event(ft, &ft->wev, EV_WRITE, true) == 0;
-    else {
+        if (!ft->wev_added) /* out of memory: say so rather than never flush */
+            fatal_errno(ft, ENOMEM, "cannot watch the file descriptor");
+    } else {
         (void)set_event(ft, &ft->wev, EV_WRITE, false);
         ft->wev_added = false;
         ft->io_pending &= (short)~EV_WRITE;

@@ -115,12 +115,26 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     u->io_handle = h > 0 ? h : 0; /* ENOMEM: level-triggered, retried */
 }
 
+static void free_queue(struct udp *u);
+
+/* The poller could not take the fd (out of memory): end the endpoint with
+ * that error rather than leave it never reading or never flushing. */
+static void lose_unwatchable(struct udp *u)
+{
+    free_queue(u);
+    gfl_value *e = gfl__os_error(ENOMEM, "cannot watch the socket");
+    gfl__transport_lost(&u->base, e);
+    gfl_value_unref(e);
+}
+
 static void set_rev(struct udp *u, bool on)
 {
     if (on == u->rev_added || u->fd < 0)
         return;
     if (on) {
         u->rev_added = event_add(&u->rev, NULL) == 0;
+        if (!u->rev_added)
+            lose_unwatchable(u);
     } else {
         event_del(&u->rev);
         u->rev_added = false;
@@ -134,6 +148,8 @@ static void set_wev(struct udp *u, bool on)
         return;
     if (on) {
         u->wev_added = event_add(&u->wev, NULL) == 0;
+        if (!u->wev_added)
+            lose_unwatchable(u);
     } else {
         event_del(&u->wev);
         u->wev_added = false;
@@ -516,17 +532,21 @@ static void udp_start(gfl_loop *loop, int fd, const struct sockaddr *dest, sockl
     }
     const gfl_datagram_protocol *p = NULL;
     void *ud = NULL;
-    int rc = factory(fud, &u->base, &p, &ud);
-    if (rc == GFL_OK && (!p || p->size < sizeof(size_t)))
-        rc = GFL_EINVAL;
+    /* connection_made is queued first: once the protocol instance exists
+     * nothing may fail (see gfl__transport_run_factory). */
+    int rc = gfl__transport_start(&u->base);
+    if (rc == GFL_OK) {
+        rc = factory(fud, &u->base, &p, &ud);
+        if (rc == GFL_OK && (!p || p->size < sizeof(size_t)))
+            rc = GFL_EINVAL;
+        if (rc < 0) {
+            (void)gfl_handle_cancel(u->base.loop, u->base.made_handle);
+            u->base.made_handle = 0;
+        }
+    }
     if (rc == GFL_OK) {
         set_dproto(u, p, ud);
         u->base.waiter = gfl_future_ref(f);
-        rc = gfl__transport_start(&u->base);
-        if (rc < 0) {
-            gfl_future_unref(u->base.waiter);
-            u->base.waiter = NULL;
-        }
     }
     if (rc < 0) {
         gfl__transport_discard(&u->base); /* closes the fd */
