@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <string.h>
 #include <time.h>
 
 enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_FINISHED, JOB_DROPPED };
@@ -48,13 +49,24 @@ struct gfl_executor {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     pthread_t *threads;
-    unsigned nthreads, max_threads, idle; /* under the lock */
+    /* Under the lock. A worker is in exactly one of: running or about to
+     * look at the queue (counted by neither), asleep and unclaimed (idle),
+     * or asleep and already signalled (wakes). Submission signals only
+     * when the queue holds more jobs than wakes already on their way, and
+     * only an idle worker: a busy one takes the next job itself, without
+     * sleeping, and a second signal to the same sleeper is a wasted
+     * syscall. */
+    unsigned nthreads, max_threads, idle, wakes;
     bool stopping;     /* under the lock */
     bool post_pending; /* under the lock: a drain is on its way to the loop */
     struct gfl_job *q_head, *q_tail; /* waiting for a worker */
     size_t queued;
     struct gfl_job *done_head, *done_tail; /* finished, not yet drained */
     struct gfl_job *jobs; /* every live job (loop thread only) */
+    /* Freed job blocks kept for reuse (loop thread only), so a steady
+     * stream of jobs does not go through the allocator for each one. */
+    struct gfl_job *spare;
+    unsigned nspare;
     gfl_value *enomem;    /* the error for work() returning NULL */
 };
 
@@ -99,6 +111,32 @@ static void jobs_unlink(struct gfl_executor *ex, struct gfl_job *j)
 
 /* ---- loop thread: settling and freeing jobs ---- */
 
+/* Enough for a few bursts of in-flight requests; beyond that, blocks go
+ * back to the allocator so a one-off spike does not pin memory. */
+#define SPARE_JOBS_MAX 64
+
+static struct gfl_job *job_take(struct gfl_executor *ex)
+{
+    struct gfl_job *j = ex->spare;
+    if (!j)
+        return gfl__calloc(ex->loop, 1, sizeof *j);
+    ex->spare = j->next;
+    ex->nspare--;
+    memset(j, 0, sizeof *j);
+    return j;
+}
+
+static void job_recycle(struct gfl_executor *ex, struct gfl_job *j)
+{
+    if (ex->nspare >= SPARE_JOBS_MAX) {
+        gfl__free(ex->loop, j);
+        return;
+    }
+    j->next = ex->spare;
+    ex->spare = j;
+    ex->nspare++;
+}
+
 static void on_future_done(gfl_future *f, void *arg);
 
 static void maybe_free(struct gfl_job *j)
@@ -108,7 +146,7 @@ static void maybe_free(struct gfl_job *j)
     struct gfl_executor *ex = j->ex;
     jobs_unlink(ex, j);
     gfl_future_unref(j->future);
-    gfl__free(ex->loop, j);
+    job_recycle(ex, j);
 }
 
 /* Hands the job's value to its future (unless it is done already: then the
@@ -204,7 +242,13 @@ static void *worker_main(void *arg)
         while (!ex->stopping && !ex->q_head) {
             ex->idle++;
             pthread_cond_wait(&ex->cond, &ex->lock);
-            ex->idle--;
+            /* Whoever returns first consumes a pending wake; a spurious
+             * return with none pending takes itself off the idle count.
+             * Either way idle + wakes drops by one per return. */
+            if (ex->wakes > 0)
+                ex->wakes--;
+            else
+                ex->idle--;
         }
         if (ex->stopping)
             break; /* queued jobs are dropped by gfl__executor_close */
@@ -289,7 +333,7 @@ GFL_EXPORT gfl_future *gfl_run_in_executor(gfl_loop *loop, gfl_work_fn work, voi
     struct gfl_executor *ex = get_executor(loop);
     if (!ex)
         return NULL;
-    struct gfl_job *j = gfl__calloc(loop, 1, sizeof *j);
+    struct gfl_job *j = job_take(ex);
     if (!j)
         return NULL;
     gfl_future *f = gfl_future_new(loop);
@@ -307,15 +351,21 @@ GFL_EXPORT gfl_future *gfl_run_in_executor(gfl_loop *loop, gfl_work_fn work, voi
 
     pthread_mutex_lock(&ex->lock);
     queue_append(ex, j);
-    if (ex->queued > ex->idle && ex->nthreads < ex->max_threads &&
-        spawn_worker(ex) < 0 && ex->nthreads == 0) {
-        queue_unlink(ex, j); /* no worker at all: fail now, not hang */
-        pthread_mutex_unlock(&ex->lock);
-        gfl_future_remove_done_callback(f, on_future_done, j);
-        gfl_future_unref(j->future);
-        goto fail_future;
+    if (ex->queued > ex->wakes) {
+        /* Some queued job has no worker on its way: wake a sleeper, or
+         * grow the pool; busy workers will come back for the rest. */
+        if (ex->idle > 0) {
+            ex->idle--;
+            ex->wakes++;
+            pthread_cond_signal(&ex->cond);
+        } else if (ex->nthreads < ex->max_threads && spawn_worker(ex) < 0 && ex->nthreads == 0) {
+            queue_unlink(ex, j); /* no worker at all: fail now, not hang */
+            pthread_mutex_unlock(&ex->lock);
+            gfl_future_remove_done_callback(f, on_future_done, j);
+            gfl_future_unref(j->future);
+            goto fail_future;
+        }
     }
-    pthread_cond_signal(&ex->cond);
     pthread_mutex_unlock(&ex->lock);
 
     j->next = ex->jobs;
@@ -327,7 +377,7 @@ GFL_EXPORT gfl_future *gfl_run_in_executor(gfl_loop *loop, gfl_work_fn work, voi
 fail_future:
     gfl_future_unref(f);
 fail_job:
-    gfl__free(loop, j);
+    job_recycle(ex, j);
     return NULL;
 }
 
@@ -361,6 +411,11 @@ void gfl__executor_close(gfl_loop *loop)
         if (j->cb_pending) /* the future may outlive us: forget the job */
             (void)gfl_future_remove_done_callback(j->future, on_future_done, j);
         gfl_future_unref(j->future);
+        gfl__free(loop, j);
+    }
+    while (ex->spare) {
+        struct gfl_job *j = ex->spare;
+        ex->spare = j->next;
         gfl__free(loop, j);
     }
     loop->executor = NULL;
