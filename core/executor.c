@@ -7,6 +7,12 @@
  * gfl_call_soon_threadsafe, in batches (one wakeup drains every job finished
  * meanwhile), and resolved on the loop thread.
  *
+ * Throughput: thread switches, not the work, dominate short jobs such as a
+ * stat. So a worker that finishes a job takes the next one without
+ * sleeping; one worker that runs out of work watches the queue for a few
+ * microseconds before sleeping; and submission signals a sleeper only when
+ * no worker (awake, spinning or already signalled) is on its way.
+ *
  * Ownership: every job lives in ex->jobs (loop thread only) from submission
  * until it is freed, and is freed only from there, when both
  *   - it is settled: its value was handed over or dropped and release(arg)
@@ -24,6 +30,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <time.h>
@@ -57,6 +64,12 @@ struct gfl_executor {
      * sleeping, and a second signal to the same sleeper is a wasted
      * syscall. */
     unsigned nthreads, max_threads, idle, wakes;
+    /* Under the lock: a worker that just ran out of work watches the queue
+     * for a few microseconds before sleeping (at most one does), so the
+     * next job of a steady stream needs neither a signal nor a context
+     * switch. It counts as a wake already on its way. */
+    unsigned spinning;
+    atomic_size_t queued_hint; /* = queued, readable without the lock */
     bool stopping;     /* under the lock */
     bool post_pending; /* under the lock: a drain is on its way to the loop */
     struct gfl_job *q_head, *q_tail; /* waiting for a worker */
@@ -84,6 +97,7 @@ static void queue_unlink(struct gfl_executor *ex, struct gfl_job *j)
         ex->q_tail = j->qprev;
     j->qnext = j->qprev = NULL;
     ex->queued--;
+    atomic_store_explicit(&ex->queued_hint, ex->queued, memory_order_relaxed);
 }
 
 static void queue_append(struct gfl_executor *ex, struct gfl_job *j)
@@ -96,6 +110,7 @@ static void queue_append(struct gfl_executor *ex, struct gfl_job *j)
         ex->q_head = j;
     ex->q_tail = j;
     ex->queued++;
+    atomic_store_explicit(&ex->queued_hint, ex->queued, memory_order_relaxed);
 }
 
 static void jobs_unlink(struct gfl_executor *ex, struct gfl_job *j)
@@ -234,11 +249,59 @@ static void post_completions(struct gfl_executor *ex)
     }
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* How long an idle worker keeps watching the queue before it sleeps: a
+ * few pool round trips, so a loop thread that resubmits as soon as it sees
+ * a result finds this worker still awake; short enough that an idle pool
+ * stops burning CPU almost at once. */
+#define SPIN_NS 50000
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Without the lock: returns when a job may be queued or the spin ran out.
+ * The caller rechecks under the lock, so a stale read only costs a loop. */
+static void spin_for_work(struct gfl_executor *ex)
+{
+    int64_t deadline = now_ns() + SPIN_NS;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (atomic_load_explicit(&ex->queued_hint, memory_order_relaxed) > 0)
+                return;
+            cpu_relax();
+        }
+        if (now_ns() >= deadline)
+            return;
+        /* On a busy machine the loop thread may be waiting for this very
+         * CPU to deliver the next job: let it run. */
+        sched_yield();
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct gfl_executor *ex = arg;
     pthread_mutex_lock(&ex->lock);
     for (;;) {
+        if (!ex->stopping && !ex->q_head && ex->spinning == 0) {
+            ex->spinning = 1;
+            pthread_mutex_unlock(&ex->lock);
+            spin_for_work(ex);
+            pthread_mutex_lock(&ex->lock);
+            ex->spinning = 0;
+        }
         while (!ex->stopping && !ex->q_head) {
             ex->idle++;
             pthread_cond_wait(&ex->cond, &ex->lock);
@@ -308,7 +371,16 @@ static struct gfl_executor *get_executor(gfl_loop *loop)
     ex->enomem = gfl_value_error(GFL_ENOMEM, "MemoryError", "the work function returned no value", NULL);
     if (!ex->threads || !ex->enomem)
         goto fail;
-    if (pthread_mutex_init(&ex->lock, NULL) != 0)
+    /* Adaptive: the critical sections are a few list operations, so a
+     * contender spins briefly instead of sleeping in the kernel. */
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    int mrc = pthread_mutex_init(&ex->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (mrc != 0)
         goto fail;
     if (pthread_cond_init(&ex->cond, NULL) != 0) {
         pthread_mutex_destroy(&ex->lock);
@@ -351,7 +423,7 @@ GFL_EXPORT gfl_future *gfl_run_in_executor(gfl_loop *loop, gfl_work_fn work, voi
 
     pthread_mutex_lock(&ex->lock);
     queue_append(ex, j);
-    if (ex->queued > ex->wakes) {
+    if (ex->queued > ex->wakes + ex->spinning) {
         /* Some queued job has no worker on its way: wake a sleeper, or
          * grow the pool; busy workers will come back for the rest. */
         if (ex->idle > 0) {
