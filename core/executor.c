@@ -11,7 +11,9 @@
  * stat. So a worker that finishes a job takes the next one without
  * sleeping; one worker that runs out of work watches the queue for a few
  * microseconds before sleeping; and submission signals a sleeper only when
- * no worker (awake, spinning or already signalled) is on its way.
+ * no worker (spinning or already signalled) is on its way. A worker that
+ * takes a job and sees more waiting wakes the next sleeper itself, so the
+ * loop thread pays for one signal per burst, not one per job.
  *
  * Ownership: every job lives in ex->jobs (loop thread only) from submission
  * until it is freed, and is freed only from there, when both
@@ -318,7 +320,17 @@ static void *worker_main(void *arg)
         struct gfl_job *j = ex->q_head;
         queue_unlink(ex, j);
         j->state = JOB_RUNNING;
+        /* Pass the wake on: more work than workers on their way wakes one
+         * more sleeper, from here rather than from the loop thread, which
+         * thus pays for at most one signal per burst. */
+        bool wake_another = ex->queued > ex->wakes + ex->spinning && ex->idle > 0;
+        if (wake_another) {
+            ex->idle--;
+            ex->wakes++;
+        }
         pthread_mutex_unlock(&ex->lock);
+        if (wake_another)
+            pthread_cond_signal(&ex->cond);
 
         gfl_value *v = j->work(j->arg);
 
@@ -424,12 +436,15 @@ GFL_EXPORT gfl_future *gfl_run_in_executor(gfl_loop *loop, gfl_work_fn work, voi
     pthread_mutex_lock(&ex->lock);
     queue_append(ex, j);
     if (ex->queued > ex->wakes + ex->spinning) {
-        /* Some queued job has no worker on its way: wake a sleeper, or
-         * grow the pool; busy workers will come back for the rest. */
+        /* Some queued job has no worker on its way: wake a sleeper unless
+         * one is on its way already (it wakes the next: see worker_main),
+         * or grow the pool; busy workers will come back for the rest. */
         if (ex->idle > 0) {
-            ex->idle--;
-            ex->wakes++;
-            pthread_cond_signal(&ex->cond);
+            if (ex->wakes + ex->spinning == 0) {
+                ex->idle--;
+                ex->wakes++;
+                pthread_cond_signal(&ex->cond);
+            }
         } else if (ex->nthreads < ex->max_threads && spawn_worker(ex) < 0 && ex->nthreads == 0) {
             queue_unlink(ex, j); /* no worker at all: fail now, not hang */
             pthread_mutex_unlock(&ex->lock);
