@@ -4,6 +4,7 @@
  * of gfl_loop_run_once; timings are only generous sanity bounds. */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -481,4 +482,246 @@ Test(executor, out_of_memory_is_clean)
         gfl_future_unref(f);
     }
     cr_assert(succeeded);
+}
+
+/* ---- wake accounting, the spinning worker and reused job blocks ---- */
+
+static void close_gate(void)
+{
+    pthread_mutex_lock(&gate_lock);
+    gate_open = false;
+    pthread_mutex_unlock(&gate_lock);
+}
+
+static void wait_started(int n)
+{
+    for (int i = 0; i < 400 && atomic_load(&work_started) < n; i++)
+        sleep_ms(5);
+}
+
+/* Every worker must get going when there are enough jobs, both when the pool
+ * grows and later when its workers are asleep: submission skips a signal
+ * when a wake is already on its way, and must never skip one too many. */
+Test(executor, every_worker_wakes_for_a_burst)
+{
+    gfl_loop_free(loop);
+    loop = new_loop(3);
+    for (int round = 0; round < 3; round++) {
+        close_gate();
+        atomic_store(&work_started, 0);
+        struct job jobs[3];
+        gfl_future *f[3];
+        for (int k = 0; k < 3; k++) {
+            jobs[k] = (struct job){ .mode = MODE_GATED_OBJECT };
+            f[k] = gfl_run_in_executor(loop, work, &jobs[k], release);
+            cr_assert_not_null(f[k]);
+        }
+        /* All three block on the gate, so only three workers running at
+         * once can start them all. */
+        wait_started(3);
+        cr_assert_eq(atomic_load(&work_started), 3, "round %d: %d of 3 jobs started", round,
+                     atomic_load(&work_started));
+        open_gate();
+        pump_until_done(f, 3, 400);
+        for (int k = 0; k < 3; k++) {
+            cr_assert_eq(gfl_future_state_of(f[k]), GFL_FUTURE_RESULT);
+            cr_assert_eq(jobs[k].released, 1);
+            gfl_future_unref(f[k]);
+        }
+        sleep_ms(20); /* long past the spin: the workers are asleep now */
+    }
+    cr_assert_leq(atomic_load(&max_running), 3, "the pool never exceeds its size");
+}
+
+/* One job at a time with pauses of different lengths, so each submission
+ * meets the worker in a different state: still finishing, spinning, or
+ * asleep. None may be missed. */
+Test(executor, one_at_a_time_after_every_kind_of_pause)
+{
+    static const int pause_us[] = { 0, 1, 10, 30, 60, 100, 1000, 5000 };
+    int n = 0;
+    for (int round = 0; round < 4; round++) {
+        for (size_t p = 0; p < sizeof pause_us / sizeof *pause_us; p++) {
+            struct timespec ts = { 0, pause_us[p] * 1000L };
+            nanosleep(&ts, NULL);
+            struct job j = { .input = n, .mode = MODE_SQUARE };
+            gfl_future *f = gfl_run_in_executor(loop, work, &j, release);
+            cr_assert_not_null(f);
+            pump_until_done(&f, 1, 200);
+            cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_RESULT, "pause %d us", pause_us[p]);
+            int64_t v = 0;
+            cr_assert_eq(gfl_value_get_int(gfl_future_value(f), &v), 0);
+            cr_assert_eq(v, (int64_t)n * n);
+            cr_assert_eq(j.released, 1);
+            gfl_future_unref(f);
+            n++;
+        }
+    }
+    cr_assert_eq(atomic_load(&work_started), n);
+}
+
+/* Jobs asked for by several threads at once (through
+ * gfl_call_soon_threadsafe: only the loop thread may submit), while earlier
+ * ones complete: each runs once, is released once, on the loop thread. */
+enum { FEEDERS = 4, PER_FEEDER = 250 };
+static struct job fed_jobs[FEEDERS * PER_FEEDER];
+static gfl_future *fed_futures[FEEDERS * PER_FEEDER];
+static atomic_int fed_next;
+static atomic_int fed_submitted;
+
+static void submit_fed_job(void *arg)
+{
+    struct job *j = arg;
+    int k = (int)(j - fed_jobs);
+    fed_futures[k] = gfl_run_in_executor(loop, work, j, release);
+    cr_assert_not_null(fed_futures[k]);
+    atomic_fetch_add(&fed_submitted, 1);
+}
+
+static void *feeder(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < PER_FEEDER; i++) {
+        int k = atomic_fetch_add(&fed_next, 1);
+        fed_jobs[k] = (struct job){ .input = k, .mode = MODE_SQUARE };
+        while (gfl_call_soon_threadsafe(loop, submit_fed_job, &fed_jobs[k]) == GFL_ENOMEM)
+            sleep_ms(1);
+        if (i % 16 == 0)
+            sched_yield();
+    }
+    return NULL;
+}
+
+Test(executor, jobs_requested_from_several_threads)
+{
+    enum { N = FEEDERS * PER_FEEDER };
+    atomic_store(&fed_next, 0);
+    atomic_store(&fed_submitted, 0);
+    pthread_t t[FEEDERS];
+    for (int i = 0; i < FEEDERS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, feeder, NULL), 0);
+    for (int i = 0; i < 4000 && atomic_load(&fed_submitted) < N; i++)
+        cr_assert_geq(gfl_loop_run_once(loop, 0.01), 0);
+    for (int i = 0; i < FEEDERS; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_eq(atomic_load(&fed_submitted), N);
+    pump_until_done(fed_futures, N, 4000);
+    for (int k = 0; k < N; k++) {
+        cr_assert_eq(gfl_future_state_of(fed_futures[k]), GFL_FUTURE_RESULT, "job %d", k);
+        int64_t v = 0;
+        cr_assert_eq(gfl_value_get_int(gfl_future_value(fed_futures[k]), &v), 0);
+        cr_assert_eq(v, (int64_t)k * k);
+        cr_assert_eq(fed_jobs[k].released, 1);
+        cr_assert(fed_jobs[k].released_on_loop_thread);
+        gfl_future_unref(fed_futures[k]);
+    }
+    cr_assert_eq(atomic_load(&work_started), N);
+}
+
+/* Many queued jobs cancelled behind a busy worker: the cancelled ones never
+ * run, the rest do, and the pool still answers afterwards (its wake count
+ * may exceed what is left in the queue: a woken worker that finds nothing
+ * just goes back to sleep). */
+Test(executor, cancelling_many_queued_jobs)
+{
+    gfl_loop_free(loop);
+    loop = new_loop(2);
+    enum { N = 40 };
+    struct job blockers[2] = { { .mode = MODE_GATED_OBJECT }, { .mode = MODE_GATED_OBJECT } };
+    gfl_future *fb[2];
+    for (int k = 0; k < 2; k++) {
+        fb[k] = gfl_run_in_executor(loop, work, &blockers[k], release);
+        cr_assert_not_null(fb[k]);
+    }
+    wait_started(2);
+    cr_assert_eq(atomic_load(&work_started), 2, "both workers are busy");
+    struct job jobs[N];
+    gfl_future *f[N];
+    for (int k = 0; k < N; k++) {
+        jobs[k] = (struct job){ .input = k, .mode = MODE_SQUARE };
+        f[k] = gfl_run_in_executor(loop, work, &jobs[k], release);
+        cr_assert_not_null(f[k]);
+    }
+    for (int k = 0; k < N; k += 2)
+        cr_assert_eq(gfl_future_cancel(f[k], NULL), 1);
+    for (int i = 0; i < 5; i++)
+        gfl_loop_run_once(loop, 0.001);
+    for (int k = 0; k < N; k += 2)
+        cr_assert_eq(jobs[k].released, 1, "cancelled job %d released at once", k);
+    open_gate();
+    pump_until_done(f, N, 2000);
+    pump_until_done(fb, 2, 400);
+    for (int k = 0; k < N; k++) {
+        if (k % 2 == 0) {
+            cr_assert_eq(gfl_future_state_of(f[k]), GFL_FUTURE_CANCELLED);
+        } else {
+            cr_assert_eq(gfl_future_state_of(f[k]), GFL_FUTURE_RESULT, "job %d", k);
+            int64_t v = 0;
+            cr_assert_eq(gfl_value_get_int(gfl_future_value(f[k]), &v), 0);
+            cr_assert_eq(v, (int64_t)k * k);
+        }
+        cr_assert_eq(jobs[k].released, 1);
+        gfl_future_unref(f[k]);
+    }
+    for (int k = 0; k < 2; k++)
+        gfl_future_unref(fb[k]);
+    cr_assert_eq(atomic_load(&work_started), 2 + N / 2, "cancelled jobs never ran");
+
+    sleep_ms(20);
+    struct job after = { .input = 9, .mode = MODE_SQUARE };
+    gfl_future *fa = gfl_run_in_executor(loop, work, &after, release);
+    cr_assert_not_null(fa);
+    pump_until_done(&fa, 1, 200);
+    cr_assert_eq(gfl_future_state_of(fa), GFL_FUTURE_RESULT);
+    gfl_future_unref(fa);
+}
+
+/* Waves larger than the pool's stock of spare job blocks: blocks are reused
+ * and the surplus freed, and none is left when the loop closes (teardown
+ * counts every allocation). */
+Test(executor, waves_of_jobs_reuse_and_free_blocks)
+{
+    enum { WAVE = 150 };
+    static struct job jobs[WAVE];
+    static gfl_future *f[WAVE];
+    for (int wave = 0; wave < 4; wave++) {
+        int n = wave % 2 ? WAVE : 10;
+        for (int k = 0; k < n; k++) {
+            jobs[k] = (struct job){ .input = k + wave, .mode = MODE_SQUARE };
+            f[k] = gfl_run_in_executor(loop, work, &jobs[k], release);
+            cr_assert_not_null(f[k]);
+        }
+        pump_until_done(f, n, 2000);
+        for (int k = 0; k < n; k++) {
+            int64_t v = 0;
+            cr_assert_eq(gfl_value_get_int(gfl_future_value(f[k]), &v), 0);
+            cr_assert_eq(v, (int64_t)(k + wave) * (k + wave));
+            cr_assert_eq(jobs[k].released, 1);
+            gfl_future_unref(f[k]);
+        }
+        for (int i = 0; i < 3; i++) /* let the done callbacks free the jobs */
+            gfl_loop_run_once(loop, 0);
+    }
+}
+
+/* Closing right after a job finished, while a worker may be spinning for the
+ * next one: the close stops and joins it promptly. */
+Test(executor, close_while_a_worker_spins)
+{
+    for (int round = 0; round < 20; round++) {
+        struct job j = { .input = 3, .mode = MODE_SQUARE };
+        gfl_future *f = gfl_run_in_executor(loop, work, &j, release);
+        cr_assert_not_null(f);
+        pump_until_done(&f, 1, 200);
+        cr_assert_eq(gfl_future_state_of(f), GFL_FUTURE_RESULT);
+        gfl_future_unref(f);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        cr_assert_eq(gfl_loop_free(loop), 0);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        cr_assert_lt(took, 2.0, "close took %.3f s", took);
+        cr_assert_eq(j.released, 1);
+        loop = new_loop(0);
+    }
 }
