@@ -1821,8 +1821,15 @@ class TLSPathMixin:
             w.write(memoryview(b"cdef")[1:3])
             w.write(b"")
             w.writelines([b"g", b"", bytearray(b"hi")])
+            w.transport.writelines(iter([b"j", b"k"]))
             await w.drain()
-            self.assertEqual(await r.readexactly(7), b"abdeghi")
+            self.assertEqual(await r.readexactly(9), b"abdeghijk")
+            with self.assertRaisesRegex(TypeError, "'int' object is not iterable"):
+                w.transport.writelines(5)
+            released = memoryview(b"x")
+            released.release()
+            with self.assertRaises(ValueError):
+                w.transport.write(released)
             with self.assertRaisesRegex(TypeError, "data: expecting a bytes-like instance, got str"):
                 w.transport.write("text")
             w.close()

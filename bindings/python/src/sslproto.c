@@ -123,6 +123,9 @@ static PyObject *fatal_or_raise(PyObject *self)
 {
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *value = PyErr_GetRaisedException();
+#else
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -130,6 +133,7 @@ static PyObject *fatal_or_raise(PyObject *self)
         PyException_SetTraceback(value, tb);
     Py_XDECREF(type);
     Py_XDECREF(tb);
+#endif
     PyObject *r = PyObject_CallMethodObjArgs(self, s_fatal_error, value, tls.fatal_message, NULL);
     Py_DECREF(value);
     if (!r)
@@ -264,7 +268,10 @@ static int write_appdata_fast(PyObject *self, PyObject *list_of_data)
 
     int rc = -1;
     Py_ssize_t *lengths = NULL;
-    PyObject *seq = PySequence_Fast(list_of_data, "_write_appdata() takes an iterable");
+    /* A tuple or list as it is; any other iterable is consumed into a list
+     * (its own TypeError when it is not one). */
+    PyObject *seq = PyTuple_CheckExact(list_of_data) || PyList_CheckExact(list_of_data) ? Py_NewRef(list_of_data)
+                                                                                         : PySequence_List(list_of_data);
     if (!seq)
         goto done;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
@@ -341,6 +348,24 @@ static int deliver(PyObject *self, PyObject *data)
     return r ? 0 : -1;
 }
 
+/* One bytes object from a list of bytes (what asyncio's b''.join does). */
+static PyObject *join_chunks(PyObject *chunks)
+{
+    Py_ssize_t total = 0, n = PyList_GET_SIZE(chunks);
+    for (Py_ssize_t i = 0; i < n; i++)
+        total += PyBytes_GET_SIZE(PyList_GET_ITEM(chunks, i));
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+    if (!joined)
+        return NULL;
+    char *at = PyBytes_AS_STRING(joined);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(chunks, i);
+        memcpy(at, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c));
+        at += PyBytes_GET_SIZE(c);
+    }
+    return joined;
+}
+
 /* Reads every whole record the incoming BIO holds (asyncio's
  * _do_read__copied): one data_received with all of it, then the peer's
  * close_notify if it came. */
@@ -379,9 +404,7 @@ fail_chunk:
         }
     }
     if (chunks) {
-        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-        PyObject *joined = empty ? _PyBytes_Join(empty, chunks) : NULL;
-        Py_XDECREF(empty);
+        PyObject *joined = join_chunks(chunks);
         if (!joined || deliver(self, joined) < 0) {
             Py_XDECREF(joined);
             goto done;
@@ -508,9 +531,9 @@ static PyObject *transport_write(PyObject *self, PyObject *data)
 {
     if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data))
         return PyErr_Format(PyExc_TypeError, "data: expecting a bytes-like instance, got %s", Py_TYPE(data)->tp_name);
-    int empty = !PyObject_IsTrue(data);
-    if (empty)
-        Py_RETURN_NONE;
+    int nonempty = PyObject_IsTrue(data);
+    if (nonempty <= 0)
+        return nonempty < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *proto = PyObject_GetAttr(self, s_ssl_protocol);
     if (!proto)
         return NULL;
