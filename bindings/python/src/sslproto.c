@@ -366,14 +366,36 @@ static PyObject *join_chunks(PyObject *chunks)
     return joined;
 }
 
+/* 1 when neither the incoming BIO nor the SSL object holds anything to
+ * read, 0 when one does, -1 with an exception. */
+static int nothing_left(PyObject *incoming, PyObject *inner)
+{
+    Py_ssize_t n;
+    if (attr_ssize(incoming, s_pending, &n) < 0)
+        return -1;
+    if (n > 0)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(inner, s_pending);
+    if (!r)
+        return -1;
+    n = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    return n == 0;
+}
+
 /* Reads every whole record the incoming BIO holds (asyncio's
  * _do_read__copied): one data_received with all of it, then the peer's
  * close_notify if it came. */
 static int read_records(PyObject *self, PyObject *inner)
 {
     PyObject *max_size = PyObject_GetAttr(self, s_max_size);
-    if (!max_size)
+    PyObject *incoming = max_size ? PyObject_GetAttr(self, s_incoming) : NULL;
+    if (!incoming) {
+        Py_XDECREF(max_size);
         return -1;
+    }
     PyObject *chunks = NULL, *first = NULL;
     int eof = 0, rc = -1;
     for (;;) {
@@ -392,16 +414,21 @@ static int read_records(PyObject *self, PyObject *inner)
         if (!first) {
             first = chunk;
         } else {
-            if (!chunks && !(chunks = PyList_New(0)))
-                goto fail_chunk;
-            if ((PyList_GET_SIZE(chunks) == 0 && PyList_Append(chunks, first) < 0) || PyList_Append(chunks, chunk) < 0)
-                goto fail_chunk;
+            int failed = (!chunks && !(chunks = PyList_New(0))) ||
+                         (PyList_GET_SIZE(chunks) == 0 && PyList_Append(chunks, first) < 0) ||
+                         PyList_Append(chunks, chunk) < 0;
             Py_DECREF(chunk);
-            continue;
-fail_chunk:
-            Py_DECREF(chunk);
-            goto done;
+            if (failed)
+                goto done;
         }
+        /* No bytes left in the incoming BIO and no decrypted bytes left in
+         * the SSL object: the next read could only raise SSLWantReadError
+         * (building that exception costs more than the whole check). */
+        int left = nothing_left(incoming, inner);
+        if (left < 0)
+            goto done;
+        if (left)
+            break;
     }
     if (chunks) {
         PyObject *joined = join_chunks(chunks);
@@ -419,6 +446,7 @@ fail_chunk:
 done:
     Py_XDECREF(first);
     Py_XDECREF(chunks);
+    Py_DECREF(incoming);
     Py_DECREF(max_size);
     return rc;
 }
