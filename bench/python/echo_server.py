@@ -3,7 +3,7 @@
 
     echo_server.py --loop asyncio|uvloop|globeflower
                    --mode sockets|streams|protocol|buffered
-                   [--host 127.0.0.1] [--port 0]
+                   [--host 127.0.0.1] [--port 0] [--tls --cert F --key F]
 
 Speaks the interface of the C servers of bench/echo (echo_common.h): prints
 `LISTENING port=N` once it accepts connections and `RUSAGE user_s=...
@@ -18,6 +18,9 @@ Modes (the same code on every loop):
   protocol  asyncio.Protocol: data_received writes the data back
   buffered  asyncio.BufferedProtocol: get_buffer hands out a per-connection
             buffer, buffer_updated writes a memoryview slice of it back
+
+--tls (streams, protocol, buffered): the listener takes an ssl.SSLContext
+made from --cert/--key, as bench/echo/server_gfl --tls does.
 
 Like the C servers: TCP_NODELAY on every connection (the transports of all
 three loops set it; sockets mode sets it itself), backlog 1024, and
@@ -142,18 +145,20 @@ def listening_socket(host, port):
     return sock
 
 
-async def serve(loop, mode, host, port, stop):
+async def serve(loop, mode, host, port, stop, tls=None):
     sock = listening_socket(host, port)
+    if tls is not None and mode == "sockets":
+        raise SystemExit("echo_server.py: --tls needs a transport (streams, protocol or buffered)")
     if mode == "sockets":
         tasks = set()
         acceptor = loop.create_task(accept_sockets(loop, sock, tasks))
         server = None
     elif mode == "streams":
-        server = await asyncio.start_server(handle_stream, sock=sock, backlog=BACKLOG, limit=READ_SIZE)
+        server = await asyncio.start_server(handle_stream, sock=sock, backlog=BACKLOG, limit=READ_SIZE, ssl=tls)
     elif mode == "protocol":
-        server = await loop.create_server(EchoProtocol, sock=sock, backlog=BACKLOG)
+        server = await loop.create_server(EchoProtocol, sock=sock, backlog=BACKLOG, ssl=tls)
     elif mode == "buffered":
-        server = await loop.create_server(EchoBufferedProtocol, sock=sock, backlog=BACKLOG)
+        server = await loop.create_server(EchoBufferedProtocol, sock=sock, backlog=BACKLOG, ssl=tls)
     else:
         raise SystemExit("echo_server.py: unknown mode %r" % mode)
     print("LISTENING port=%d" % sock.getsockname()[1], flush=True)
@@ -173,13 +178,23 @@ def main():
     ap.add_argument("--mode", required=True, choices=["sockets", "streams", "protocol", "buffered"])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
     a = ap.parse_args()
+    tls = None
+    if a.tls:
+        import ssl
+        if not (a.cert and a.key):
+            raise SystemExit("echo_server.py: --tls needs --cert and --key")
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(a.cert, a.key)
     loop = new_loop(a.loop)
     asyncio.set_event_loop(loop)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    loop.run_until_complete(serve(loop, a.mode, a.host, a.port, stop))
+    loop.run_until_complete(serve(loop, a.mode, a.host, a.port, stop, tls))
     t = os.times()
     print("RUSAGE user_s=%.3f sys_s=%.3f" % (t.user, t.system), flush=True)
     # No teardown: the benchmark is over and the process is about to exit.

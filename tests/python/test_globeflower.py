@@ -1708,5 +1708,264 @@ class TestTeardown(unittest.TestCase):
         self.assertEqual(r.stdout.strip(), "exiting")
 
 
+def _make_tls_contexts(tmp):
+    """A throwaway CA-less self-signed certificate for "localhost" (the
+    openssl command), a server context with it and a client context that
+    trusts it and checks the host name."""
+    import os, ssl, subprocess
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+class TLSEcho(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if data == b"boom":
+            raise ZeroDivisionError("echo protocol failed")
+        self.transport.write(data)
+
+
+class TLSPathMixin:
+    """Runs on the C record path (GLOBEFLOWER_TLS unset or "c") or on
+    asyncio's own SSLProtocol (GLOBEFLOWER_TLS=python)."""
+    tls_path = "c"
+
+    @classmethod
+    def setUpClass(cls):
+        import shutil, tempfile
+        if not shutil.which("openssl"):
+            raise unittest.SkipTest("no openssl command to make a certificate")
+        cls.tmp = tempfile.mkdtemp()
+        cls.server_ctx, cls.client_ctx = _make_tls_contexts(cls.tmp)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        import os
+        self.saved_env = os.environ.get("GLOBEFLOWER_TLS")
+        os.environ["GLOBEFLOWER_TLS"] = self.tls_path
+        super().setUp()
+
+    def tearDown(self):
+        import os
+        super().tearDown()
+        if self.saved_env is None:
+            os.environ.pop("GLOBEFLOWER_TLS", None)
+        else:
+            os.environ["GLOBEFLOWER_TLS"] = self.saved_env
+
+    def run_with_server(self, client, protocol=TLSEcho):
+        async def main():
+            lost = []  # a future per server-side connection, done at connection_lost
+
+            def factory():
+                p = protocol()
+                done = self.loop.create_future()
+                made, original = p.connection_made, p.connection_lost
+
+                def connection_made(transport):
+                    lost.append(done)  # connection_lost will come
+                    made(transport)
+
+                def connection_lost(exc):
+                    original(exc)
+                    done.set_result(None)
+                p.connection_made, p.connection_lost = connection_made, connection_lost
+                return p
+            server = await self.loop.create_server(factory, "127.0.0.1", 0, ssl=self.server_ctx)
+            try:
+                return await client(server.sockets[0].getsockname()[1])
+            finally:
+                server.close()
+                await server.wait_closed()
+                await asyncio.gather(*lost)  # no transport is left for the loop's close
+        return self.loop.run_until_complete(asyncio.wait_for(main(), 30))
+
+    def test_path_taken(self):
+        from asyncio import sslproto
+
+        async def client(port):
+            r, w = await asyncio.open_connection("localhost", port, ssl=self.client_ctx)
+            proto = w.transport._ssl_protocol
+            w.close()
+            await w.wait_closed()
+            return type(proto)
+        cls = self.run_with_server(client)
+        if self.tls_path == "python":
+            self.assertIs(cls, sslproto.SSLProtocol)
+        else:
+            self.assertIsNot(cls, sslproto.SSLProtocol)
+            self.assertTrue(issubclass(cls, sslproto.SSLProtocol))
+
+    def test_echo_sizes_and_buffer_types(self):
+        async def client(port):
+            r, w = await asyncio.open_connection("localhost", port, ssl=self.client_ctx)
+            for n in (1, 1024, 16 * 1024 + 1, 300 * 1024, 2 * 1024 * 1024):
+                payload = bytes(i % 251 for i in range(n))
+                w.write(payload)
+                await w.drain()
+                self.assertEqual(await r.readexactly(n), payload)
+            w.write(bytearray(b"ab"))
+            w.write(memoryview(b"cdef")[1:3])
+            w.write(b"")
+            w.writelines([b"g", b"", bytearray(b"hi")])
+            w.transport.writelines(iter([b"j", b"k"]))
+            await w.drain()
+            self.assertEqual(await r.readexactly(9), b"abdeghijk")
+            with self.assertRaisesRegex(TypeError, "'int' object is not iterable"):
+                w.transport.writelines(5)
+            released = memoryview(b"x")
+            released.release()
+            with self.assertRaises(ValueError):
+                w.transport.write(released)
+            with self.assertRaisesRegex(TypeError, "data: expecting a bytes-like instance, got str"):
+                w.transport.write("text")
+            w.close()
+            await w.wait_closed()
+        self.run_with_server(client)
+
+    def test_extra_info_and_peer_eof(self):
+        async def client(port):
+            r, w = await asyncio.open_connection("localhost", port, ssl=self.client_ctx)
+            sslobj = w.get_extra_info("ssl_object")
+            self.assertEqual(sslobj.server_hostname, "localhost")
+            self.assertIn(sslobj.version(), ("TLSv1.2", "TLSv1.3"))
+            self.assertEqual(w.get_extra_info("cipher"), sslobj.cipher())
+            self.assertEqual(w.get_extra_info("peercert")["subject"], ((("commonName", "localhost"),),))
+            self.assertIsInstance(sslobj.getpeercert(binary_form=True), bytes)
+            self.assertIs(w.get_extra_info("sslcontext"), self.client_ctx)
+            self.assertIsNone(w.get_extra_info("compression"))
+            # The server closes: its close_notify is the client's EOF.
+            w.write(b"ping")
+            self.assertEqual(await r.readexactly(4), b"ping")
+            w.transport._ssl_protocol._app_protocol  # the stream protocol is there
+            w.close()
+            await w.wait_closed()
+        self.run_with_server(client)
+
+    def test_server_close_is_client_eof(self):
+        class CloseAfterFirst(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data.upper())
+                self.transport.close()
+
+        async def client(port):
+            r, w = await asyncio.open_connection("localhost", port, ssl=self.client_ctx)
+            w.write(b"bye")
+            self.assertEqual(await r.read(), b"BYE")  # data, then EOF
+            self.assertTrue(r.at_eof())
+            w.close()
+            await w.wait_closed()
+        self.run_with_server(client, CloseAfterFirst)
+
+    def test_buffered_app_protocol(self):
+        got = bytearray()
+        done = self.loop.create_future()
+
+        class Collect(asyncio.BufferedProtocol):
+            def get_buffer(self, n):
+                self.buf = bytearray(max(n, 1))
+                return memoryview(self.buf)  # asyncio slices it: a view, not a copy
+
+            def buffer_updated(self, n):
+                got.extend(self.buf[:n])
+                if len(got) >= 100000 and not done.done():
+                    done.set_result(None)
+
+        async def client(port):
+            t, p = await self.loop.create_connection(Collect, "localhost", port, ssl=self.client_ctx)
+            t.write(b"z" * 100000)
+            await done
+            t.close()
+        self.run_with_server(client)
+        self.assertEqual(bytes(got), b"z" * 100000)
+
+    def test_protocol_error_is_fatal_error(self):
+        errors = []
+        self.loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+        async def client(port):
+            r, w = await asyncio.open_connection("localhost", port, ssl=self.client_ctx)
+            w.write(b"boom")
+            self.assertEqual(await r.read(), b"")  # the server side is torn down
+            w.close()
+            try:
+                await w.wait_closed()
+            except ConnectionError:
+                pass
+        self.run_with_server(client)
+        self.assertTrue(any(isinstance(c.get("exception"), ZeroDivisionError) and
+                            c["message"] == "Fatal error on SSL protocol" for c in errors), errors)
+
+    def test_verification_failure(self):
+        import ssl
+
+        async def client(port):
+            other = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts nothing
+            with self.assertRaises(ssl.SSLCertVerificationError) as cm:
+                await asyncio.open_connection("localhost", port, ssl=other)
+            self.assertIn("certificate verify failed", str(cm.exception))
+            with self.assertRaises(ssl.SSLCertVerificationError):
+                await asyncio.open_connection("127.0.0.1", port, ssl=self.client_ctx,
+                                              server_hostname="wrong.example")
+        self.loop.set_exception_handler(lambda loop, ctx: None)  # the server's failed handshakes
+        self.run_with_server(client)
+
+    def test_start_tls_upgrade(self):
+        async def main():
+            upgraded = self.loop.create_future()
+
+            async def handle(reader, writer):
+                line = await reader.readline()
+                writer.write(b"OK " + line)
+                await writer.drain()
+                await writer.start_tls(self.server_ctx)
+                data = await reader.readexactly(5)
+                writer.write(data[::-1])
+                await writer.drain()
+                upgraded.set_result(writer.get_extra_info("ssl_object") is not None)
+                writer.close()
+
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"STARTTLS\n")
+            self.assertEqual(await r.readline(), b"OK STARTTLS\n")
+            await w.start_tls(self.client_ctx, server_hostname="localhost")
+            w.write(b"hello")
+            self.assertEqual(await r.readexactly(5), b"olleh")
+            self.assertTrue(await upgraded)
+            with self.assertRaisesRegex(TypeError, "sslcontext is expected to be an instance of ssl.SSLContext"):
+                await self.loop.start_tls(w.transport, w.transport.get_protocol(), object())
+            w.close()
+            await w.wait_closed()
+            server.close()
+            await server.wait_closed()
+        self.loop.run_until_complete(asyncio.wait_for(main(), 30))
+
+
+class TestTLSCPath(TLSPathMixin, LoopTestCase):
+    tls_path = "c"
+
+
+class TestTLSPythonPath(TLSPathMixin, LoopTestCase):
+    tls_path = "python"
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -16,11 +16,15 @@ import selectors
 import socket
 import os
 import stat
+try:
+    import ssl
+except ImportError:  # an interpreter built without OpenSSL
+    ssl = None
 import sys
 import threading
 import contextvars
 
-from asyncio import base_events, events, format_helpers, futures, trsock, unix_events
+from asyncio import base_events, constants, events, format_helpers, futures, trsock, unix_events
 
 from . import _core
 
@@ -163,6 +167,58 @@ class Loop(_core.LoopBase, unix_events.SelectorEventLoop):
         if old is not None:
             old.close()
         self._gfl_servers[sock.fileno()] = _core.CoreServer(self, protocol_factory, sock, server, backlog)
+
+    # TLS: asyncio's SSLProtocol with its per-record paths in C (see
+    # src/sslproto.c) over a core transport; GLOBEFLOWER_TLS=python keeps
+    # asyncio's own SSLProtocol over asyncio's socket transport.
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        protocol_class = _tls_protocol_class()
+        if protocol_class is None or type(rawsock) is not socket.socket:
+            return super()._make_ssl_transport(
+                rawsock, protocol, sslcontext, waiter, server_side=server_side,
+                server_hostname=server_hostname, extra=extra, server=server,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
+        ssl_protocol = protocol_class(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    async def start_tls(self, transport, protocol, sslcontext, *, server_side=False, server_hostname=None,
+                        ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        protocol_class = _tls_protocol_class()
+        if protocol_class is None:
+            return await super().start_tls(
+                transport, protocol, sslcontext, server_side=server_side, server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
+        # asyncio's checks and steps, with our protocol class.
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f'sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(f'transport {transport!r} is not supported by start_tls()')
+        waiter = self.create_future()
+        ssl_protocol = protocol_class(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False)
+        # Reading stays paused until connection_made has run (no record
+        # can reach the protocol before it has its transport).
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        made = self.call_soon(ssl_protocol.connection_made, transport)
+        resumed = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        return ssl_protocol._app_transport
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         # A terminal (pty) is readable when the other side writes: the
@@ -787,3 +843,45 @@ class _WritePipeTransport(_core.StreamTransport):
 _ReadPipeTransport.__name__ = _ReadPipeTransport.__qualname__ = "ReadPipeTransport"
 _WritePipeTransport.__name__ = _WritePipeTransport.__qualname__ = "WritePipeTransport"
 _core._set_pipe_types(_ReadPipeTransport, _WritePipeTransport)
+
+
+# ---------------------------------------------------------------------------
+# TLS protocol classes (built on first use: importing ssl is not free).
+
+_tls_classes = None
+
+
+def _tls_protocol_class():
+    """The SSLProtocol class to use, or None for asyncio's own path."""
+    global _tls_classes
+    if os.environ.get("GLOBEFLOWER_TLS", "c") == "python" or ssl is None:
+        return None
+    if _tls_classes is None:
+        from asyncio import sslproto
+        protocol_base, transport_base = _core._tls_types(sslproto)
+
+        class _SSLProtocolTransport(transport_base):
+            __slots__ = ()
+
+        class SSLProtocol(protocol_base):
+            def _get_app_transport(self):
+                # asyncio's, making our transport class.
+                if self._app_transport is None:
+                    if self._app_transport_created:
+                        raise RuntimeError('Creating _SSLProtocolTransport twice')
+                    self._app_transport = _SSLProtocolTransport(self._loop, self)
+                    self._app_transport_created = True
+                return self._app_transport
+
+            def _on_shutdown_complete(self, shutdown_exc):
+                # asyncio's socket transport takes writes while it closes,
+                # so records held back by pause_writing (our close_notify
+                # among them) still go out through resume_writing. A core
+                # transport refuses writes once closing: hand it what is
+                # left now, ahead of the close asyncio schedules.
+                if shutdown_exc is None and self._transport is not None and self._outgoing.pending:
+                    self._transport.write(self._outgoing.read())
+                super()._on_shutdown_complete(shutdown_exc)
+
+        _tls_classes = SSLProtocol
+    return _tls_classes

@@ -403,4 +403,7 @@ void gflpy_exports_loop_closing(gflpy_loop *loop);
 extern PyMethodDef gflpy_plugin_methods[];
 int gflpy_plugin_init(PyObject *module);
 
+/* sslproto.c: _tls_types(sslproto) -> (SSLProtocolBase, SSLTransportBase). */
+PyObject *gflpy_tls_types(PyObject *module, PyObject *sslproto);
+
 #endif

@@ -156,6 +156,8 @@ static PyMethodDef module_methods[] = {
     {"_set_pipe_types", mod_set_pipe_types, METH_VARARGS,
      "Internal: the read-pipe and write-pipe subclasses of StreamTransport."},
     {"op_cancel", gflpy_op_cancel, METH_O, "Internal: abandons a core operation."},
+    {"_tls_types", gflpy_tls_types, METH_O,
+     "Internal: asyncio's SSLProtocol and _SSLProtocolTransport with their per-record paths in C."},
     {"abi_version", mod_abi_version, METH_NOARGS, "The (major, minor) ABI version of the core in use."},
     {"_hosts_setup", gflpy_hosts_setup, METH_O, "Internal: receives the helpers of globeflower/_hosts.py."},
     {"tune_heap", gflpy_tune_heap, METH_NOARGS,
