@@ -203,7 +203,8 @@ static gfl_value *do_scandir(const struct fs_request *r)
     }
     if (oom)
         goto out;
-    qsort(entries, n, sizeof *entries, entry_cmp);
+    if (n > 1) /* qsort's array may not be NULL, even for 0 items */
+        qsort(entries, n, sizeof *entries, entry_cmp);
     gfl_value **items = n ? calloc(n, sizeof *items) : NULL;
     if (n && !items)
         goto out;

@@ -36,8 +36,12 @@ end
 -- test runs inside a task): the same Lua, the same module.
 local function lua_child(code)
     local interp = arg and arg[-1] or "lua"
-    local p = assert(gfl.subprocess({ interp, "-e", code }, { stdout = "pipe",
-        env = { "LUA_CPATH=" .. (os.getenv("LUA_CPATH") or package.cpath), "PATH=" .. (os.getenv("PATH") or "") } }))
+    local env = { "LUA_CPATH=" .. (os.getenv("LUA_CPATH") or package.cpath), "PATH=" .. (os.getenv("PATH") or "") }
+    -- a sanitizer build preloads ASan into the interpreters: the child too
+    for _, name in ipairs({ "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS" }) do
+        if os.getenv(name) then env[#env + 1] = name .. "=" .. os.getenv(name) end
+    end
+    local p = assert(gfl.subprocess({ interp, "-e", code }, { stdout = "pipe", env = env }))
     local out = p.stdout:read()
     assert(p:wait() == 0, "child failed: " .. out)
     return out
