@@ -471,16 +471,12 @@ static PyObject *mod_call(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (!l)
         return NULL;
     size_t n = (size_t)(nargs - 1);
-    gfl_value *small[8], **vals = n <= 8 ? small : PyMem_Malloc(n * sizeof *vals);
-    size_t done = 0;
+    gfl_value *small[8];
     PyObject *pyfut = NULL;
+    gfl_value **vals = gflpy_values_from_args(args + 1, n, small, 8);
     if (!vals) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (; done < n; done++) {
-        if (!(vals[done] = gflpy_to_value(args[done + 1])))
-            goto out;
+        Py_DECREF(l);
+        return NULL;
     }
     python_calls++;
     gfl_future *f = API->call(l->core, cname, vals, n);
@@ -493,10 +489,7 @@ static PyObject *mod_call(PyObject *self, PyObject *const *args, Py_ssize_t narg
     pyfut = gflpy_future_from_core(l, f);
     API->future_unref(f);
 out:
-    for (size_t i = 0; i < done; i++)
-        API->value_unref(vals[i]);
-    if (vals != small)
-        PyMem_Free(vals);
+    gflpy_values_drop(vals, n, small);
     Py_DECREF(l);
     return pyfut;
 }

@@ -353,6 +353,11 @@ int gflpy_hosts_available(void);
  * an exception set (ValueError for a container that contains itself or
  * nests deeper than GFL_VALUE_MAX_DEPTH). */
 gfl_value *gflpy_to_value(PyObject *o);
+/* args[0..n) as new values, in `small` when n <= nsmall, else in an array
+ * allocated here; NULL with an exception set (nothing left held). Release
+ * with gflpy_values_drop(vals, n, small). */
+gfl_value **gflpy_values_from_args(PyObject *const *args, size_t n, gfl_value **small, size_t nsmall);
+void gflpy_values_drop(gfl_value **vals, size_t n, gfl_value **small);
 /* gfl_value -> a new Python object, or NULL with an exception set. */
 PyObject *gflpy_from_value(gfl_value *v);
 /* An exception instance -> an ERROR value (or the value it was made from),

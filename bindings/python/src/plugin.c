@@ -64,16 +64,13 @@ static PyObject *function_vectorcall(PyObject *callable, PyObject *const *args, 
     gflpy_loop *l = gflpy_hosts_loop(loop);
     if (!l)
         return NULL;
-    size_t n = (size_t)nargs, done = 0;
-    gfl_value *small[8], **vals = n <= 8 ? small : PyMem_Malloc(n * sizeof *vals);
+    size_t n = (size_t)nargs;
+    gfl_value *small[8];
     PyObject *out = NULL;
+    gfl_value **vals = gflpy_values_from_args(args, n, small, 8);
     if (!vals) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    for (; done < n; done++) {
-        if (!(vals[done] = gflpy_to_value(args[done])))
-            goto out;
+        Py_DECREF(l);
+        return NULL;
     }
     if (self->is_async) {
         gfl_future *f = API->plugin_call_async(self->owner->plugin, self->name, l->core, vals, n);
@@ -96,10 +93,7 @@ static PyObject *function_vectorcall(PyObject *callable, PyObject *const *args, 
         API->value_unref(result);
     }
 out:
-    for (size_t i = 0; i < done; i++)
-        API->value_unref(vals[i]);
-    if (vals != small)
-        PyMem_Free(vals);
+    gflpy_values_drop(vals, n, small);
     Py_DECREF(l);
     return out;
 }

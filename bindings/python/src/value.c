@@ -928,3 +928,27 @@ int gflpy_value_init(PyObject *module)
     }
     return PyModule_AddFunctions(module, value_methods);
 }
+
+gfl_value **gflpy_values_from_args(PyObject *const *args, size_t n, gfl_value **small, size_t nsmall)
+{
+    gfl_value **vals = n <= nsmall ? small : PyMem_Malloc(n * sizeof *vals);
+    if (!vals) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (size_t done = 0; done < n; done++) {
+        if (!(vals[done] = gflpy_to_value(args[done]))) {
+            gflpy_values_drop(vals, done, small);
+            return NULL;
+        }
+    }
+    return vals;
+}
+
+void gflpy_values_drop(gfl_value **vals, size_t n, gfl_value **small)
+{
+    for (size_t i = 0; i < n; i++)
+        API->value_unref(vals[i]);
+    if (vals != small)
+        PyMem_Free(vals);
+}
